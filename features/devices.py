@@ -1,0 +1,53 @@
+"""Device and numeric-precision choices for running a backbone."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU executes bf16 matrix maths natively (AVX512-BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r} (auto, cpu or cuda)")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Pick the autocast precision for extraction.
+
+    ``auto`` is fp16 autocast on CUDA and fp32 on CPU. bf16 on CPU is available on
+    request: it is faster where the CPU has native bf16, but on EfficientNet-Lite's
+    depthwise convolutions it perturbs the features enough to change some
+    predictions (see BENCHMARKS.md, "Precision"), so it is not chosen silently.
+    """
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"unknown precision {precision!r} (auto, fp32, bf16 or fp16)")
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError("--precision fp16 is only supported on CUDA; use bf16 or fp32 on CPU")
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast context for ``precision`` (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

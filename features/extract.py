@@ -1,0 +1,313 @@
+"""Stage one: run a frozen backbone once over a dataset and stream pooled features to HDF5."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+import torch
+import torchvision
+from torch.utils.data import DataLoader, Dataset
+
+import features
+from features.backbones import Backbone, load_backbone
+from features.data import DatasetLayout, Sample, discover
+from features.devices import autocast, resolve_device, resolve_precision
+from features.hooks import capture_features
+from features.images import UnreadableImage, load_rgb
+from features.progress import Progress
+from features.store import open_writer
+
+
+class ExtractionError(Exception):
+    """Extraction produced nothing usable; ``str(exc)`` says why."""
+
+
+@dataclass
+class ExtractConfig:
+    """Everything one extraction run depends on (the CLI fills this from its options).
+
+    Attributes mirror ``run_extract.py``'s options; ``workers=None`` picks a default
+    suited to the device (see :func:`default_workers`).
+    """
+
+    data_root: str
+    out_path: str
+    backbone: str = "efficientnet_lite0"
+    weights: str = "DEFAULT"
+    batch_size: int = 32
+    workers: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    dtype: str = "float32"
+    views: int = 0
+    val_fraction: float | None = None
+    seed: int = 0
+    overwrite: bool = False
+    limit: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class SplitSummary:
+    """What happened to one split."""
+
+    split: str
+    images: int
+    rows: int
+    skipped: list[tuple[str, str]]
+    processed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        """Rate of this run (a resumed run counts only the images it processed)."""
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class ExtractSummary:
+    """Result of :func:`extract`, printed by the CLI."""
+
+    path: str
+    status: str
+    backbone: str
+    weights: str
+    feature_dim: int
+    device: str
+    precision: str
+    classes: list[str]
+    splits: list[SplitSummary] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """Human-readable summary, one line per split plus every skipped file."""
+        out = [f"{self.status}: {self.path}",
+               f"backbone {self.backbone} ({self.weights}), {self.feature_dim}-d features, "
+               f"{len(self.classes)} classes, device {self.device}, precision {self.precision}"]
+        out += self.notes
+        for s in self.splits:
+            out.append(f"  {s.split:>10}: {s.images} images, {s.rows} rows, {len(s.skipped)} skipped, "
+                       f"{s.seconds:.1f} s, {s.images_per_second:.1f} img/s")
+        for s in self.splits:
+            for path, reason in s.skipped:
+                out.append(f"  skipped {path}: {reason}")
+        return out
+
+
+def default_workers(device: torch.device) -> int:
+    """DataLoader workers: decoding in parallel with the forward pass.
+
+    On CPU every worker takes a core from the matrix maths; decoding is several times
+    faster than the forward pass, so few workers are enough, and on two cores decoding
+    in the main process between batches was measured faster than a worker.
+    """
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(8, cores)
+    if cores <= 2:
+        return 0  # measured: on 2 cores a decode worker slows the forward pass more than it helps
+    return 1 if cores <= 4 else min(4, cores // 4)
+
+
+def view_seed(seed: int, split: str, image_index: int, view: int) -> int:
+    """Seed of one augmented view: fixed by its coordinates, so resumed runs draw the same crops."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(split.encode()), image_index, view]).generate_state(1)[0])
+
+
+class ImageRows(Dataset):
+    """Decodes candidate files into one clean tensor plus ``views`` augmented ones.
+
+    Items are ``(image_index, tensor_or_None, reason_or_None)``; unreadable files
+    yield ``None`` and the reason instead of raising, so one bad file never stops a run.
+    """
+
+    def __init__(self, root: str, split: str, samples: list[Sample], first: int, backbone: Backbone,
+                 views: int, seed: int) -> None:
+        self.root, self.split, self.samples, self.first = root, split, samples, first
+        self.eval_tf = backbone.preprocessing.eval_transform()
+        self.train_tf = backbone.preprocessing.train_transform()
+        self.views, self.seed = views, seed
+
+    def __len__(self) -> int:
+        return len(self.samples) - self.first
+
+    def __getitem__(self, i: int):
+        index = self.first + i
+        try:
+            img = load_rgb(os.path.join(self.root, self.samples[index].path))
+        except UnreadableImage as exc:
+            return index, None, str(exc)
+        tensors = [self.eval_tf(img)]
+        for v in range(1, self.views + 1):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(view_seed(self.seed, self.split, index, v))
+                tensors.append(self.train_tf(img))
+        return index, torch.stack(tensors), None
+
+
+def _keep_as_list(batch):
+    return batch
+
+
+def _single_threaded_worker(_worker_id: int) -> None:
+    # Transforms in a worker must not start their own thread pool: the cores belong to the forward pass.
+    torch.set_num_threads(1)
+
+
+def _inventory_hash(samples: list[Sample]) -> str:
+    digest = hashlib.sha256()
+    for s in samples:
+        digest.update(f"{s.path}\0{s.label}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _file_attrs(cfg: ExtractConfig, layout: DatasetLayout, splits: dict[str, list[Sample]], backbone: Backbone,
+                views_split: str | None, precision: str) -> dict:
+    config = {
+        "views": cfg.views,
+        "views_split": views_split,
+        "seed": cfg.seed,
+        "val_fraction": cfg.val_fraction,
+        "limit": cfg.limit,
+        "dtype": cfg.dtype,
+        "precision": precision,
+        "inventory": {name: _inventory_hash(s) for name, s in splits.items()},
+    }
+    versions = {"tlcache": features.__version__, "torch": torch.__version__,
+                "torchvision": torchvision.__version__, "h5py": h5py.__version__, "numpy": np.__version__}
+    return {
+        "backbone": backbone.spec.name,
+        "weights": backbone.weights.identity,
+        "weights_source": backbone.weights.source,
+        "feature_layer": backbone.spec.feature_layer,
+        "feature_dim": backbone.feature_dim,
+        "preprocessing": backbone.preprocessing.to_json(),
+        "classes": json.dumps(layout.classes),
+        "splits": json.dumps(list(splits)),
+        "data_root": layout.root,
+        "config": json.dumps(config, sort_keys=True),
+        "versions": json.dumps(versions, sort_keys=True),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample], backbone: Backbone,
+               device: torch.device, precision: str, views: int, cfg: ExtractConfig, workers: int) -> tuple[int, float]:
+    """Extract the unfinished part of one split; returns (images processed, seconds)."""
+    first = writer.done_images(split)
+    dataset = ImageRows(layout.root, split, samples, first, backbone, views, cfg.seed)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=_keep_as_list, pin_memory=device.type == "cuda",
+                        worker_init_fn=_single_threaded_worker, prefetch_factor=4 if workers else None)
+    progress = Progress(len(dataset), f"{split}", enabled=cfg.progress)
+    started = time.perf_counter()
+    model = backbone.model
+    with torch.inference_mode(), capture_features(model, backbone.spec) as capture:
+        for batch in loader:
+            good = [(idx, t) for idx, t, _ in batch if t is not None]
+            skipped = [(samples[idx].path, reason) for idx, t, reason in batch if t is None]
+            feats = np.zeros((0, backbone.feature_dim), dtype=np.float32)
+            rows_index = np.zeros(0, dtype=np.int64)
+            rows_view = np.zeros(0, dtype=np.int16)
+            if good:
+                x = torch.cat([t for _, t in good]).to(device, non_blocking=True)
+                x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(device, precision):
+                    model(x)
+                feats = capture.pop().float().cpu().numpy()
+                per_image = views + 1
+                rows_index = np.repeat([idx for idx, _ in good], per_image).astype(np.int64)
+                rows_view = np.tile(np.arange(per_image, dtype=np.int16), len(good))
+            writer.commit(
+                split,
+                features=feats,
+                labels=np.array([samples[i].label for i in rows_index], dtype=np.int64),
+                paths=[samples[i].path for i in rows_index],
+                image_index=rows_index,
+                view=rows_view,
+                skipped=skipped,
+                done_images=batch[-1][0] + 1,
+            )
+            progress.update(len(batch))
+    progress.close()
+    writer.finish_split(split)
+    return len(dataset), time.perf_counter() - started
+
+
+def extract(cfg: ExtractConfig) -> ExtractSummary:
+    """Extract features for every split of ``cfg.data_root`` into ``cfg.out_path``.
+
+    Parameters
+    ----------
+    cfg : ExtractConfig
+
+    Returns
+    -------
+    ExtractSummary
+        ``status`` is ``"written"``, ``"resumed and written"`` or ``"nothing to do"`` (a
+        complete file with the same configuration already exists).
+
+    Raises
+    ------
+    features.data.DatasetError, features.backbones.BackboneError,
+    features.store.FeatureFileError, ValueError
+        Unusable input or configuration (the CLI turns these into exit code 2).
+    ExtractionError
+        No image of the dataset could be read.
+    """
+    if cfg.views < 0 or cfg.batch_size < 1 or (cfg.limit is not None and cfg.limit < 1):
+        raise ValueError("--views must be >= 0, --batch-size >= 1 and --limit >= 1")
+    if cfg.dtype not in ("float32", "float16"):
+        raise ValueError(f"--dtype must be float32 or float16, got {cfg.dtype!r}")
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    layout = discover(cfg.data_root, cfg.val_fraction, cfg.seed)
+    splits = {name: s[: cfg.limit] if cfg.limit else s for name, s in layout.splits.items()}
+    views_split = layout.train_split_name() if cfg.views else None
+    if cfg.views and views_split is None:
+        raise ValueError(f"--views needs a training split; found {', '.join(splits)}")
+
+    backbone = load_backbone(cfg.backbone, cfg.weights)
+    attrs = _file_attrs(cfg, layout, splits, backbone, views_split, precision)
+    state = open_writer(cfg.out_path, attrs, {n: len(s) for n, s in splits.items()}, backbone.feature_dim,
+                        cfg.dtype, cfg.overwrite)
+    status = {"new": "written", "resumed": "resumed and written", "up_to_date": "nothing to do"}[state.status]
+    summary = ExtractSummary(cfg.out_path, status,
+                             backbone.spec.name, backbone.weights.identity, backbone.feature_dim, str(device),
+                             precision, layout.classes)
+    if state.note:
+        summary.notes.append(state.note)
+    for split, empty in layout.empty_classes.items():
+        summary.notes.append(f"warning: {split} has empty class folders: {', '.join(empty)}")
+    if state.writer is None:
+        return summary
+
+    writer = state.writer
+    backbone.model.to(device).to(memory_format=torch.channels_last)
+    workers = default_workers(device) if cfg.workers is None else cfg.workers
+    try:
+        timings = {}
+        for split, samples in splits.items():
+            if not writer.split_complete(split):
+                views = cfg.views if split == views_split else 0
+                timings[split] = _run_split(writer, split, layout, samples, backbone, device, precision, views, cfg, workers)
+        for split in splits:
+            n_images, rows, skipped = writer.counts(split)
+            processed, seconds = timings.get(split, (0, 0.0))
+            summary.splits.append(SplitSummary(split, n_images, rows, skipped, processed, seconds))
+        if sum(s.rows for s in summary.splits) == 0:
+            writer.discard()
+            reasons = "; ".join(f"{p}: {r}" for s in summary.splits for p, r in s.skipped[:3])
+            raise ExtractionError(f"no image under {layout.root} could be read ({reasons})")
+        summary.path = writer.finalize()
+    finally:
+        writer.close()
+    return summary

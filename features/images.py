@@ -1,0 +1,89 @@
+"""Robust image decoding: every file either becomes an RGB image or a recorded reason."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+# Truncated files are reported, not silently padded with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+# Images above this many pixels are refused as possible decompression bombs (PIL's own default).
+MAX_PIXELS = 89_478_485
+
+
+class UnreadableImage(Exception):
+    """A file that cannot be turned into an RGB image; ``str(exc)`` is the reason."""
+
+
+def _sixteen_bit_to_rgb(img: Image.Image) -> Image.Image:
+    """Scale a 16/32-bit single-channel image to 8 bits by its nominal range, then to RGB."""
+    arr = np.asarray(img)
+    top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+    if img.mode == "F":
+        top = max(float(arr.max(initial=0.0)), 1.0)
+    scaled = np.clip(arr.astype(np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L").convert("RGB")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB; transparent pixels are composited onto white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode.startswith("I") or img.mode == "F":
+        return _sixteen_bit_to_rgb(img)
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Decode an image file fully and return it as RGB.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        File to read. The format is detected from the content, not the extension.
+
+    Returns
+    -------
+    PIL.Image.Image
+        A fully loaded RGB image (for animated files, the first frame).
+
+    Raises
+    ------
+    UnreadableImage
+        With a short human-readable reason: empty file, unknown format, truncated data,
+        decompression bomb, or a decoder error.
+    """
+    try:
+        if os.path.getsize(path) == 0:
+            raise UnreadableImage("empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            previous_limit = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+            try:
+                with Image.open(path) as img:
+                    img.load()
+                    return _to_rgb(img)
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous_limit
+    except UnreadableImage:
+        raise
+    except UnidentifiedImageError:
+        raise UnreadableImage("not a recognised image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UnreadableImage(f"too many pixels, possible decompression bomb ({exc})") from None
+    except OSError as exc:
+        # PIL reports truncation and decoder failures as OSError.
+        raise UnreadableImage(f"cannot decode: {exc}") from None
+    except (ValueError, SyntaxError, MemoryError) as exc:
+        raise UnreadableImage(f"cannot decode: {type(exc).__name__}: {exc}") from None
