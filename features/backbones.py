@@ -283,7 +283,10 @@ def load_backbone(name: str, weights: str = "DEFAULT") -> Backbone:
     BackboneError, WeightsUnavailable
     """
     spec = get_spec(name)
-    model = spec.build()
+    # A fixed seed makes "--weights none" the same network in every run: resumable and comparable.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = spec.build()
     resolved = _resolve_and_load(spec, model, weights)
     model.eval()
     model.requires_grad_(False)

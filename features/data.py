@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+COMMON_IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp"}
+
+
 class DatasetError(Exception):
     """The dataset root cannot be used; ``str(exc)`` is a one-line explanation."""
 
@@ -52,6 +55,11 @@ class DatasetLayout:
     classes: list[str]
     splits: dict[str, list[Sample]]
     empty_classes: dict[str, list[str]] = field(default_factory=dict)
+
+    def unusual_extensions(self) -> list[str]:
+        """Candidate files whose extension is not a common image one (they are still decoded by content)."""
+        return [s.path for samples in self.splits.values() for s in samples
+                if os.path.splitext(s.path)[1].lower() not in COMMON_IMAGE_EXTENSIONS]
 
     def train_split_name(self) -> str | None:
         """The split used for training: ``train`` or the one split whose name starts with it."""

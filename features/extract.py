@@ -285,6 +285,8 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
                              precision, layout.classes)
     if state.note:
         summary.notes.append(state.note)
+    for path in layout.unusual_extensions():
+        summary.notes.append(f"note: {path} has an uncommon extension; it is decoded by content like every file")
     for split, empty in layout.empty_classes.items():
         summary.notes.append(f"warning: {split} has empty class folders: {', '.join(empty)}")
     if state.writer is None:

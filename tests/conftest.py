@@ -1,0 +1,69 @@
+"""Shared fixtures: generated image folders, the real hymenoptera data, subprocess helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HYMENOPTERA = os.path.abspath(os.path.join(REPO, "..", "shared", "data", "hymenoptera_data"))
+
+
+def write_image(path: str, seed: int, size: tuple[int, int] = (48, 40), mode: str = "RGB", fmt: str | None = None) -> str:
+    """Write a random-noise image with a class-dependent tint (so classes are separable)."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr, "RGB").convert(mode).save(path, format=fmt)
+    return path
+
+
+def make_imagefolder(root: str, layout: dict[str, dict[str, int]], seed: int = 0) -> str:
+    """``layout`` maps split ("" for none) -> class -> number of JPEGs to write."""
+    n = 0
+    for split, classes in layout.items():
+        for label, (cls, count) in enumerate(sorted(classes.items())):
+            for i in range(count):
+                rng = np.random.default_rng(seed + n)
+                arr = rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+                arr[..., label % 3] = 255 - label * 60  # tint per class
+                path = os.path.join(root, split, cls, f"img_{i:03d}.jpg")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                Image.fromarray(arr).save(path, quality=90)
+                n += 1
+    return root
+
+
+@pytest.fixture
+def small_dataset(tmp_path) -> str:
+    """train: 3 classes x 6 images, val: 3 classes x 3 images (JPEG)."""
+    return make_imagefolder(str(tmp_path / "data"), {"train": {"a": 6, "b": 6, "c": 6}, "val": {"a": 3, "b": 3, "c": 3}})
+
+
+@pytest.fixture(scope="session")
+def hymenoptera() -> str:
+    if not os.path.isdir(HYMENOPTERA):
+        pytest.skip(f"real dataset not found at {HYMENOPTERA} (it sits beside the checkout in CI)")
+    return HYMENOPTERA
+
+
+def run_cli(script: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a top-level script (``run_extract.py``...) or ``-m module`` as a real subprocess."""
+    cmd = [sys.executable, *( ["-m", script[3:]] if script.startswith("-m ") else [os.path.join(REPO, script)] ), *args]
+    full_env = dict(os.environ, PYTHONPATH=REPO, **(env or {}))
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="session")
+def hymenoptera_lite0(hymenoptera, tmp_path_factory) -> str:
+    """Real Lite0 features of the real hymenoptera data, extracted once per test session."""
+    from features.extract import ExtractConfig, extract
+
+    out = str(tmp_path_factory.mktemp("hym") / "hymenoptera-lite0.h5")
+    extract(ExtractConfig(data_root=hymenoptera, out_path=out, progress=False))
+    return out

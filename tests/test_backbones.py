@@ -1,0 +1,121 @@
+"""The registry: every entry builds, taps the right tensor, and matches its classifier slot."""
+
+import pytest
+import torch
+
+from features.backbones import (BackboneError, BackboneSpec, available_backbones, get_spec, load_backbone,
+                                measure_feature_dim, register)
+from features.hooks import capture_features
+
+# Big enough for every net's downsampling (Inception needs >= 75 px); small enough to be fast.
+SMALL_INPUT = 96
+
+
+@pytest.mark.parametrize("name", available_backbones())
+def test_every_backbone_gives_finite_features_matching_its_slot(name):
+    spec = get_spec(name)
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    size = spec.preprocessing(None).crop_size if name.startswith("efficientnet_lite") else min(
+        SMALL_INPUT, spec.preprocessing(None).crop_size)
+    with torch.inference_mode(), capture_features(model, spec) as cap:
+        model(torch.randn(2, 3, size, size))
+        feats = cap.pop()
+    assert feats.ndim == 2 and feats.shape[0] == 2 and feats.shape[1] > 0
+    assert torch.isfinite(feats).all()
+    slot = model.get_submodule(spec.classifier_slot)
+    if spec.slot_form == "linear":
+        in_features = slot.in_features if isinstance(slot, torch.nn.Linear) else next(
+            m for m in slot.modules() if isinstance(m, torch.nn.Linear)).in_features
+        assert in_features == feats.shape[1]
+    else:
+        conv = next(m for m in slot.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.in_channels == feats.shape[1]
+
+
+def test_hook_output_equals_resnet50_pooled_tensor():
+    b = load_backbone("resnet50", "none")
+    m = b.model
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        with capture_features(m, b.spec) as cap:
+            m(x)
+            hooked = cap.pop()
+        y = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        y = m.layer4(m.layer3(m.layer2(m.layer1(y))))
+        expected = torch.flatten(m.avgpool(y), 1)
+    assert b.feature_dim == 2048
+    assert torch.allclose(hooked, expected, atol=1e-6)
+    assert not m.avgpool._forward_hooks, "the hook must be removed when the block ends"
+
+
+def test_hook_output_equals_lite0_pooled_tensor_with_real_weights():
+    b = load_backbone("efficientnet_lite0")
+    assert b.weights.identity.startswith("sha256:") and b.feature_dim == 1280
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        with capture_features(b.model, b.spec) as cap:
+            logits = b.model(x)
+            hooked = cap.pop()
+        expected = torch.flatten(b.model._avg_pooling(b.model.extract_features(x)), 1)
+        # The pooled vector through the backbone's own classifier gives its own logits.
+        assert torch.allclose(b.model._fc(hooked), logits, atol=1e-5)
+    assert torch.allclose(hooked, expected, atol=1e-6)
+
+
+def test_hook_removed_even_when_forward_fails():
+    b = load_backbone("tiny_cnn", "none")
+    with pytest.raises(RuntimeError):
+        with capture_features(b.model, b.spec):
+            b.model(torch.randn(1, 5, 32, 32))
+    assert not b.model.avgpool._forward_hooks
+
+
+def test_missing_feature_module_has_a_hint():
+    spec = BackboneSpec("bad_tap", build=lambda: torch.nn.Linear(2, 2), preprocessing=get_spec("tiny_cnn").preprocessing,
+                        feature_module="avgpool", feature_tap="output", classifier_slot="fc")
+    with pytest.raises(AttributeError, match="not present.*Hint"):
+        with capture_features(torch.nn.Linear(2, 2), spec):
+            pass
+
+
+def test_registry_refuses_duplicates():
+    with pytest.raises(BackboneError, match="already registered"):
+        register(get_spec("resnet18"))
+
+
+def test_unknown_backbone_and_bad_weights_name():
+    with pytest.raises(BackboneError, match="list-backbones"):
+        get_spec("resnet51")
+    with pytest.raises(BackboneError, match="IMAGENET1K_V1"):
+        load_backbone("resnet18", "IMAGENET9K")
+
+
+def test_local_state_dict_path_and_its_identity(tmp_path):
+    torch.manual_seed(1)
+    source = load_backbone("tiny_cnn", "none")
+    path = str(tmp_path / "tiny.pth")
+    torch.save(source.model.state_dict(), path)
+    loaded = load_backbone("tiny_cnn", path)
+    assert loaded.weights.identity.startswith("sha256:")
+    for a, b in zip(source.model.state_dict().values(), loaded.model.state_dict().values()):
+        assert torch.equal(a, b)
+    torch.save({"wrong": torch.zeros(1)}, str(tmp_path / "bad.pth"))
+    with pytest.raises(BackboneError, match="does not match tiny_cnn"):
+        load_backbone("tiny_cnn", str(tmp_path / "bad.pth"))
+
+
+def test_measured_width_follows_the_model():
+    spec = get_spec("tiny_cnn")
+    from features.backbones import TinyCNN
+
+    assert measure_feature_dim(TinyCNN(width=5), spec, 32) == 10
+
+
+def test_torchvision_weights_offline_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    from features.backbones import WeightsUnavailable
+
+    with pytest.raises(WeightsUnavailable, match="--weights PATH.*--weights none"):
+        load_backbone("resnet18", "DEFAULT")
