@@ -16,6 +16,8 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(PY) -m features.demo_data $(DEMO)/digits
 	$(PY) run_extract.py --data $(DEMO)/digits --out $(DEMO)/digits-lite0.h5
+	$(PY) run_head.py --features $(DEMO)/digits-lite0.h5 --clf logreg --out $(DEMO)/head
+	$(PY) run_head.py predict --head $(DEMO)/head --features $(DEMO)/digits-lite0.h5 --split val --out $(DEMO)/val_predictions.csv
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -389,6 +389,7 @@ class FeatureFile:
         return {
             "backbone": str(a["backbone"]),
             "weights": str(a["weights"]),
+            "weights_source": str(a["weights_source"]),
             "feature_layer": str(a["feature_layer"]),
             "feature_dim": int(a["feature_dim"]),
             "preprocessing": json.loads(a["preprocessing"]),

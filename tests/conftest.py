@@ -67,3 +67,53 @@ def hymenoptera_lite0(hymenoptera, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("hym") / "hymenoptera-lite0.h5")
     extract(ExtractConfig(data_root=hymenoptera, out_path=out, progress=False))
     return out
+
+
+def write_feature_file(path: str, splits: dict, classes: list[str], backbone: str = "tiny_cnn",
+                       views: dict | None = None) -> str:
+    """Write a real, complete feature file from arrays: ``splits[name] = (X, y)``.
+
+    ``views[name] = k`` marks every ``k+1`` consecutive rows as views of one image.
+    """
+    import json
+
+    from features.store import open_writer
+
+    dim = next(iter(splits.values()))[0].shape[1]
+    attrs = {"backbone": backbone, "weights": "none", "weights_source": "random initialisation",
+             "feature_layer": "output of avgpool", "feature_dim": dim,
+             "preprocessing": json.dumps({"crop_size": 32, "interpolation": "bilinear", "mean": [0.5] * 3,
+                                          "resize_size": 36, "std": [0.5] * 3}, sort_keys=True),
+             "classes": json.dumps(classes), "splits": json.dumps(list(splits)), "data_root": "/nonexistent",
+             "config": json.dumps({"views": 0}), "versions": "{}", "created": "2026-01-01T00:00:00+00:00"}
+    per_image = {name: (views or {}).get(name, 0) + 1 for name in splits}
+    sizes = {name: len(y) // per_image[name] for name, (X, y) in splits.items()}
+    writer = open_writer(path, attrs, sizes, dim, "float32", overwrite=True).writer
+    for name, (X, y) in splits.items():
+        k = per_image[name]
+        image_index = np.repeat(np.arange(len(y) // k), k)
+        writer.commit(name, X.astype(np.float32), y.astype(np.int64), [f"{name}/{i}.png" for i in image_index],
+                      image_index, np.tile(np.arange(k, dtype=np.int16), len(y) // k), [], sizes[name])
+        writer.finish_split(name)
+    writer.finalize()
+    return path
+
+
+def blobs(n_per_class: int, n_classes: int, dim: int, seed: int, spread: float = 1.0):
+    """Gaussian clusters with well separated, per-feature scaled means (a known answer)."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(1234).normal(0, 3, size=(n_classes, dim))
+    scales = np.random.default_rng(99).uniform(0.1, 20, size=dim)  # unscaled features, as real ones
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    X = (centres[y] + rng.normal(0, spread, size=(len(y), dim))) * scales + 5
+    return X, y
+
+
+@pytest.fixture(scope="session")
+def hymenoptera_lite0_views(hymenoptera, tmp_path_factory) -> str:
+    """As ``hymenoptera_lite0`` plus 4 augmented views per training image."""
+    from features.extract import ExtractConfig, extract
+
+    out = str(tmp_path_factory.mktemp("hymv") / "hymenoptera-lite0-views4.h5")
+    extract(ExtractConfig(data_root=hymenoptera, out_path=out, views=4, progress=False))
+    return out

@@ -1,0 +1,91 @@
+"""``run_head.py`` / ``tlcache-head``: train a head (default) or ``predict`` with one."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from features.store import FeatureFileError
+from pipeline.affine import HeadError
+from pipeline.heads import HeadTrainingError
+from pipeline.predict_features import predict_split
+from pipeline.train_head import HeadConfig, summary_lines, train_head
+
+_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _parse_C(value: str) -> str | float:
+    if value == "auto":
+        return value
+    try:
+        C = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a number") from None
+    if C <= 0:
+        raise click.BadParameter("C must be positive")
+    return C
+
+
+@click.command(context_settings=_SETTINGS)
+@click.option("--features", "features_path", required=True, help="Complete feature file from run_extract.py.")
+@click.option("--clf", type=click.Choice(["svm", "logreg", "linear"]), default="logreg", show_default=True)
+@click.option("--C", "C", default="auto", show_default=True, help="Inverse regularisation, or auto: chosen by K-fold CV on train.")
+@click.option("--cv", default=5, show_default=True, type=click.IntRange(min=2), help="Folds of the C sweep.")
+@click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
+@click.option("--init", type=click.Choice(["none", "imagenet"]), default="none", show_default=True,
+              help="linear only: start from the backbone's own ImageNet rows for matching class names.")
+@click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=0),
+              help="linear only: L-BFGS iterations (0 keeps the initial map).")
+@click.option("--kernel", type=click.Choice(["linear", "rbf", "poly"]), default="linear", show_default=True,
+              help="svm only; non-linear kernels cannot be fused into the backbone.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--n-jobs", default=-1, show_default=True, type=int, help="joblib workers for the C sweep (-1: all cores).")
+@click.option("--out", "out_dir", default="head", show_default=True, help="HEAD_DIR to write.")
+def fit(features_path, clf, C, cv, class_weight, init, epochs, kernel, seed, n_jobs, out_dir) -> None:
+    """Train a classifier on cached features (stage two). `run_head.py predict --help` applies one."""
+    try:
+        cfg = HeadConfig(features_path=features_path, out_dir=out_dir, clf=clf, C=_parse_C(C), cv=cv,
+                         class_weight=None if class_weight == "none" else class_weight, init=init, epochs=epochs,
+                         seed=seed, n_jobs=n_jobs, kernel=kernel)
+        result = train_head(cfg)
+    except click.BadParameter as exc:
+        _fail(f"--C: {exc.message}")
+    except (FeatureFileError, HeadTrainingError, HeadError, ValueError) as exc:
+        _fail(str(exc))
+    click.echo("\n".join(summary_lines(result, out_dir)))
+
+
+@click.command(context_settings=_SETTINGS)
+@click.option("--head", "head_dir", required=True, help="HEAD_DIR written by run_head.py.")
+@click.option("--features", "features_path", required=True, help="Feature file made like the head's training features.")
+@click.option("--split", default="val", show_default=True)
+@click.option("--out", "out_csv", default=None, help="CSV of predictions (path, true, predicted, prob_<class>...).")
+def predict(head_dir, features_path, split, out_csv) -> None:
+    """Predict the rows of one split of a feature file with a trained head."""
+    try:
+        result = predict_split(head_dir, features_path, split, out_csv)
+    except (FeatureFileError, HeadTrainingError, HeadError) as exc:
+        _fail(str(exc))
+    written = f", written to {out_csv}" if out_csv else ""
+    click.echo(f"{split}: {result['n']} rows, accuracy {result['accuracy']:.4f}{written}")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Dispatch: ``predict ...`` or ``fit ...``; anything else is ``fit`` (so ``--clf svm ...`` works)."""
+    args = sys.argv[1:] if args is None else args
+    if args and args[0] == "predict":
+        predict.main(args[1:], prog_name="run_head.py predict")
+    elif args and args[0] == "fit":
+        fit.main(args[1:], prog_name="run_head.py fit")
+    else:
+        fit.main(args, prog_name="run_head.py")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Apply a saved head to the rows of a feature file and write a CSV of predictions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import joblib
+import numpy as np
+
+from features.store import FeatureFile
+from pipeline.affine import HEAD_META, HeadError, check_identity, load_affine
+from pipeline.train_head import check_finite
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, numerically stable."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _head_scores(head_dir: str, features: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    with open(os.path.join(head_dir, HEAD_META), encoding="utf-8") as fh:
+        fusable = json.load(fh).get("fusable", True)
+    if fusable:
+        head = load_affine(head_dir)
+        return head.logits(features), head.classes
+    estimator = joblib.load(os.path.join(head_dir, "estimator.joblib"))
+    scores = estimator.decision_function(features)
+    return (np.column_stack([-scores, scores]) / 2 if scores.ndim == 1 else scores), None
+
+
+def predict_split(head_dir: str, features_path: str, split: str, out_csv: str | None) -> dict:
+    """Predict every centre-crop row of ``split``.
+
+    Returns
+    -------
+    dict
+        ``{"n": rows, "accuracy": float, "csv": path or None}``; the CSV has columns
+        ``path, true, predicted, prob_<class>...`` (softmax of the head's scores).
+
+    Raises
+    ------
+    HeadError
+        The head was trained on features of another backbone, weights, preprocessing
+        or class list; or the head folder is broken.
+    """
+    if not os.path.exists(os.path.join(head_dir, HEAD_META)):
+        raise HeadError(f"{head_dir}: no {HEAD_META}; not a head folder written by run_head.py")
+    with open(os.path.join(head_dir, HEAD_META), encoding="utf-8") as fh:
+        head_identity = json.load(fh)["feature_identity"]
+    with FeatureFile(features_path) as ff:
+        check_identity(head_identity, ff.identity(), features_path)
+        data = ff.read_split(split).clean()
+        classes = ff.classes
+    check_finite(data.features, f"split {split!r}")
+    scores, _ = _head_scores(head_dir, data.features)
+    probs = softmax(scores)
+    predicted = probs.argmax(axis=1)
+    if out_csv:
+        with open(out_csv, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "true", "predicted"] + [f"prob_{c}" for c in classes])
+            for path, true, pred, p in zip(data.paths, data.labels, predicted, probs):
+                writer.writerow([path, classes[true], classes[pred]] + [f"{v:.6f}" for v in p])
+    return {"n": int(len(predicted)), "accuracy": float((predicted == data.labels).mean()), "csv": out_csv}

@@ -1,0 +1,174 @@
+"""Stage two on generated features with known answers, and the run_head.py CLI."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from features.store import FeatureFileError
+from pipeline.affine import HeadError, load_affine
+from pipeline.heads import HeadTrainingError, cv_splits, make_estimator, affine_of
+from pipeline.predict_features import predict_split
+from pipeline.train_head import HeadConfig, train_head
+from tests.conftest import blobs, run_cli, write_feature_file
+
+CLASSES3 = ["cat", "dog", "fox"]
+
+
+@pytest.fixture
+def blob_file(tmp_path):
+    Xtr, ytr = blobs(30, 3, 16, seed=0)
+    Xva, yva = blobs(10, 3, 16, seed=1)
+    return write_feature_file(str(tmp_path / "blobs.h5"), {"train": (Xtr, ytr), "val": (Xva, yva)}, CLASSES3)
+
+
+@pytest.mark.parametrize("clf", ["logreg", "svm", "linear"])
+def test_each_classifier_learns_separable_blobs(blob_file, tmp_path, clf):
+    result = train_head(HeadConfig(blob_file, str(tmp_path / clf), clf=clf, n_jobs=1))
+    r = result.report
+    assert r["splits"]["val"]["accuracy"] >= 0.95 and r["cv_score"] >= 0.95
+    assert r["C"] in [c["C"] for c in r["cv_curve"]] and r["cv_folds"] == 5
+    saved = json.load(open(tmp_path / clf / "report.json"))
+    assert saved["splits"]["val"]["confusion_matrix"] == r["splits"]["val"]["confusion_matrix"]
+    assert set(saved) >= {"clf", "C", "cv_score", "fit_seconds", "splits"}
+    assert os.path.exists(tmp_path / clf / ("linear.pt" if clf == "linear" else "estimator.joblib"))
+
+
+@pytest.mark.parametrize("clf", ["logreg", "svm", "linear"])
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_affine_map_reproduces_decision_function(clf, n_classes):
+    X, y = blobs(20, n_classes, 12, seed=3, spread=4.0)
+    est = make_estimator(clf, 0.5, None, 0)
+    est = est.fit(X, y, n_classes=n_classes) if clf == "linear" else est.fit(X, y)
+    W, b = affine_of(est, n_classes)
+    scores = est.decision_function(X)
+    logits = X @ W.T + b
+    if scores.ndim == 1:  # binary scikit-learn: one score = logit difference
+        np.testing.assert_allclose(logits[:, 1] - logits[:, 0], scores, rtol=1e-9, atol=1e-9)
+    else:
+        np.testing.assert_allclose(logits, scores, rtol=1e-9, atol=1e-9)
+    assert (logits.argmax(1) == est.predict(X)).all()
+
+
+def test_saved_head_round_trips_and_predict_matches(blob_file, tmp_path):
+    out = str(tmp_path / "h")
+    r = train_head(HeadConfig(blob_file, out, clf="logreg", n_jobs=1)).report
+    head = load_affine(out)
+    assert head.classes == CLASSES3 and head.W.shape == (3, 16)
+    pred = predict_split(out, blob_file, "val", str(tmp_path / "p.csv"))
+    assert pred["accuracy"] == pytest.approx(r["splits"]["val"]["accuracy"])
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert len(rows) == 30 and set(rows[0]) == {"path", "true", "predicted", "prob_cat", "prob_dog", "prob_fox"}
+    assert abs(sum(float(rows[0][f"prob_{c}"]) for c in CLASSES3) - 1) < 1e-5
+
+
+def test_cv_never_sees_val_rows(tmp_path):
+    Xtr, ytr = blobs(20, 3, 8, seed=0, spread=6.0)
+    a = write_feature_file(str(tmp_path / "a.h5"), {"train": (Xtr, ytr), "val": blobs(10, 3, 8, seed=5)}, CLASSES3)
+    garbage = (np.random.default_rng(9).normal(size=(30, 8)) * 1e3, np.repeat([2, 1, 0], 10))
+    b = write_feature_file(str(tmp_path / "b.h5"), {"train": (Xtr, ytr), "val": garbage}, CLASSES3)
+    ra = train_head(HeadConfig(a, str(tmp_path / "ha"), n_jobs=1)).report
+    rb = train_head(HeadConfig(b, str(tmp_path / "hb"), n_jobs=1)).report
+    assert ra["cv_curve"] == rb["cv_curve"] and ra["C"] == rb["C"]
+    assert ra["splits"]["val"]["accuracy"] != rb["splits"]["val"]["accuracy"]
+
+
+def test_views_of_one_image_stay_in_one_fold():
+    y = np.repeat(np.arange(3), 12 * 3)          # 12 images per class, 3 rows (views) each
+    groups = np.repeat(np.arange(36), 3)
+    clean = np.tile([True, False, False], 36)
+    for train_rows, test_rows in cv_splits(y, groups, clean, 4, seed=0):
+        assert not set(groups[train_rows]) & set(groups[test_rows])
+        assert clean[test_rows].all()
+
+
+def test_training_with_views_uses_all_rows(tmp_path):
+    X, y = blobs(40, 2, 6, seed=2)
+    path = write_feature_file(str(tmp_path / "v.h5"), {"train": (X, y)}, ["a", "b"], views={"train": 3})
+    result = train_head(HeadConfig(path, str(tmp_path / "h"), n_jobs=1))
+    assert result.report["train_rows"] == 80 and result.report["train_images"] == 20
+    assert result.report["augmented_views_used"] and result.report["splits"] == {}
+    assert any("only the cross-validated estimate" in n for n in result.notes)
+
+
+def test_few_samples_reduce_folds_with_warning(tmp_path):
+    X, y = blobs(10, 2, 4, seed=0)
+    X, y = X[:13], y[:13]  # class 1 has 3 images
+    path = write_feature_file(str(tmp_path / "f.h5"), {"train": (X, y)}, ["a", "b"])
+    result = train_head(HeadConfig(path, str(tmp_path / "h"), n_jobs=1))
+    assert result.report["cv_folds"] == 3
+    assert any("using 3 folds instead of 5" in n for n in result.notes)
+
+
+def test_bad_training_data_is_refused(tmp_path):
+    X, y = blobs(5, 2, 4, seed=0)
+    one = write_feature_file(str(tmp_path / "one.h5"), {"train": (X, np.zeros_like(y))}, ["a", "b"])
+    with pytest.raises(HeadTrainingError, match="single class"):
+        train_head(HeadConfig(one, str(tmp_path / "h1")))
+    Xn = X.copy()
+    Xn[0, 1], Xn[3, 2], Xn[3, 0] = np.nan, np.inf, -np.inf
+    nan = write_feature_file(str(tmp_path / "nan.h5"), {"train": (Xn, y)}, ["a", "b"])
+    with pytest.raises(HeadTrainingError, match="3 NaN/inf values in 2 rows"):
+        train_head(HeadConfig(nan, str(tmp_path / "h2")))
+    missing = write_feature_file(str(tmp_path / "m.h5"), {"train": (X, y)}, ["a", "b", "c"])
+    with pytest.raises(HeadTrainingError, match="without training rows: c"):
+        train_head(HeadConfig(missing, str(tmp_path / "h3")))
+    with pytest.raises(ValueError, match="linear only"):
+        train_head(HeadConfig(missing, str(tmp_path / "h4"), clf="svm", init="imagenet"))
+
+
+def test_head_refuses_features_of_another_backbone_or_class_list(blob_file, tmp_path):
+    out = str(tmp_path / "h")
+    train_head(HeadConfig(blob_file, out, n_jobs=1))
+    Xva, yva = blobs(10, 3, 16, seed=1)
+    other_bb = write_feature_file(str(tmp_path / "o.h5"), {"train": (Xva, yva), "val": (Xva, yva)}, CLASSES3, backbone="resnet18")
+    with pytest.raises(HeadError, match="backbone"):
+        predict_split(out, other_bb, "val", None)
+    other_cls = write_feature_file(str(tmp_path / "c.h5"), {"train": (Xva, yva), "val": (Xva, yva)}, ["cat", "dog", "owl"])
+    with pytest.raises(HeadError, match="classes"):
+        predict_split(out, other_cls, "val", None)
+
+
+def test_tampered_head_is_refused(blob_file, tmp_path):
+    out = str(tmp_path / "h")
+    train_head(HeadConfig(blob_file, out, n_jobs=1))
+    with open(os.path.join(out, "head.npz"), "r+b") as fh:
+        fh.seek(-20, 2)
+        fh.write(b"\x00" * 8)
+    with pytest.raises(HeadError, match="do not match the hash"):
+        load_affine(out)
+
+
+def test_kernel_svm_is_marked_not_fusable(blob_file, tmp_path):
+    out = str(tmp_path / "rbf")
+    r = train_head(HeadConfig(blob_file, out, clf="svm", kernel="rbf", n_jobs=1)).report
+    assert r["clf"] == "svm-rbf" and r["fusable"] is False and r["splits"]["val"]["accuracy"] >= 0.9
+    with pytest.raises(HeadError, match="not linear"):
+        load_affine(out)
+    assert predict_split(out, blob_file, "val", None)["accuracy"] == pytest.approx(r["splits"]["val"]["accuracy"])
+
+
+def test_cli_fit_predict_and_errors(blob_file, tmp_path):
+    head = str(tmp_path / "cli_head")
+    r = run_cli("run_head.py", "--features", blob_file, "--clf", "svm", "--out", head, "--n-jobs", "1")
+    assert r.returncode == 0, r.stderr
+    assert "val: accuracy" in r.stdout and "precision" in r.stdout
+    p = run_cli("run_head.py", "predict", "--head", head, "--features", blob_file, "--out", str(tmp_path / "p.csv"))
+    assert p.returncode == 0 and "accuracy" in p.stdout and os.path.exists(tmp_path / "p.csv")
+    bad = run_cli("run_head.py", "--features", blob_file, "--clf", "tree")
+    assert bad.returncode == 2 and "'tree' is not one of" in bad.stderr
+    missing = run_cli("run_head.py", "--features", str(tmp_path / "none.h5"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
+    partial = tmp_path / "p.h5.partial"
+    partial.write_bytes(b"")
+    incomplete = run_cli("run_head.py", "--features", str(tmp_path / "p.h5"))
+    assert incomplete.returncode == 2 and "partial file exists" in incomplete.stderr
+
+
+def test_fixed_C_and_class_weight(blob_file, tmp_path):
+    r = train_head(HeadConfig(blob_file, str(tmp_path / "h"), C=0.3, class_weight="balanced")).report
+    assert r["C"] == 0.3 and r["cv_score"] is None and r["class_weight"] == "balanced"
+    with pytest.raises(FeatureFileError):
+        train_head(HeadConfig(str(tmp_path / "missing.h5"), str(tmp_path / "h2")))

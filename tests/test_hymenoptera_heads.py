@@ -1,0 +1,49 @@
+"""Stage two on real Lite0 features of the real ants/bees data: the accuracy targets."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from features.backbones import load_backbone
+from features.images import load_rgb
+from features.store import FeatureFile
+from pipeline.affine import load_affine
+from pipeline.train_head import HeadConfig, train_head
+
+pytestmark = pytest.mark.slow
+
+
+def _val_accuracy(features, tmp_path, **kw):
+    result = train_head(HeadConfig(features, str(tmp_path / kw["clf"]), **kw))
+    print(f"{kw}: C={result.report['C']:.3g} cv={result.report['cv_score']:.4f} "
+          f"val={result.report['splits']['val']['accuracy']:.4f} fit={result.report['fit_seconds']:.2f}s")
+    return result.report["splits"]["val"]["accuracy"]
+
+
+def test_logreg_with_augmented_views_reaches_095(hymenoptera_lite0_views, tmp_path):
+    assert _val_accuracy(hymenoptera_lite0_views, tmp_path, clf="logreg") >= 0.95
+
+
+def test_svm_reaches_094(hymenoptera_lite0, tmp_path):
+    assert _val_accuracy(hymenoptera_lite0, tmp_path, clf="svm") >= 0.94
+
+
+def test_linear_imagenet_init_reaches_097(hymenoptera_lite0, tmp_path):
+    assert _val_accuracy(hymenoptera_lite0, tmp_path, clf="linear", init="imagenet") >= 0.97
+
+
+def test_imagenet_init_with_zero_epochs_is_the_backbones_own_classifier(hymenoptera, hymenoptera_lite0, tmp_path):
+    out = str(tmp_path / "zero")
+    result = train_head(HeadConfig(hymenoptera_lite0, out, clf="linear", init="imagenet", epochs=0, C=1.0))
+    assert result.report["imagenet_matches"] == {"ants": 310, "bees": 309}
+    head = load_affine(out)
+    with FeatureFile(hymenoptera_lite0) as f:
+        val = f.read_split("val")
+    rows = np.arange(0, 153, 19)
+    backbone = load_backbone("efficientnet_lite0")
+    x = torch.stack([backbone.preprocessing.eval_transform()(load_rgb(os.path.join(hymenoptera, p))) for p in val.paths[rows]])
+    with torch.inference_mode():
+        own = backbone.model(x)[:, [310, 309]].double().numpy()
+    np.testing.assert_allclose(head.logits(val.features[rows]), own, rtol=1e-4, atol=1e-4)
