@@ -1,0 +1,239 @@
+"""End-to-end fine-tuning of a fused network, with discriminative learning rates and resume."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from features.backbones import Backbone
+from features.data import DatasetLayout
+from features.devices import autocast, cpu_has_native_bf16
+from features.images import UnreadableImage, load_rgb
+from features.progress import Progress
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class FinetuneConfig:
+    """Options of the fine-tuning stage (see ``python -m pipeline.fuse --help``)."""
+
+    epochs: int
+    lr: float = 1e-3
+    head_lr_mult: float = 10.0
+    freeze_stages: int = 0
+    batch_size: int = 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    workers: int = 0
+    seed: int = 0
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass
+class FinetuneResult:
+    """Per-epoch history and the epoch whose weights were kept (0 = the fused head unchanged)."""
+
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_accuracy: float | None = None
+    seconds: float = 0.0
+    resumed_from: int | None = None
+
+
+def resolve_train_precision(precision: str, device: torch.device) -> str:
+    """``auto``: fp16 AMP on CUDA, bf16 autocast on CPUs with native bf16, else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def stages(model: nn.Module, classifier_slot: str) -> list[tuple[str, nn.Module]]:
+    """The network's stages from input to output, for ``--freeze-stages``.
+
+    A stage is a top-level child that has parameters, except that a top-level
+    ``Sequential``/``ModuleList`` (``features``, ``_blocks``) contributes each of its
+    children as one stage. The classifier slot's top-level module is never a stage.
+    """
+    top_slot = classifier_slot.split(".")[0]
+    found = []
+    for name, child in model.named_children():
+        if name == top_slot or not any(True for _ in child.parameters()):
+            continue
+        if isinstance(child, (nn.Sequential, nn.ModuleList)):
+            found += [(f"{name}.{sub}", m) for sub, m in child.named_children() if any(True for _ in m.parameters())]
+        else:
+            found.append((name, child))
+    return found
+
+
+def freeze_lowest(model: nn.Module, classifier_slot: str, k: int) -> list[str]:
+    """Stop gradients in the lowest ``k`` stages; returns their names.
+
+    Frozen stages are also kept in eval mode during training (see :func:`set_train_mode`),
+    so their BatchNorm running statistics stay those of the pretrained network.
+    """
+    frozen = stages(model, classifier_slot)[:k]
+    for _, module in frozen:
+        module.requires_grad_(False)
+    return [name for name, _ in frozen]
+
+
+def set_train_mode(model: nn.Module, frozen: list[str]) -> None:
+    """``model.train()`` except for frozen stages, which stay in eval mode."""
+    model.train()
+    for name in frozen:
+        model.get_submodule(name).eval()
+
+
+def parameter_groups(model: nn.Module, classifier_slot: str, lr: float, head_lr_mult: float) -> list[dict]:
+    """Two SGD groups: the body at ``lr``, the fused head at ``lr * head_lr_mult`` (trainable params only)."""
+    head_ids = {id(p) for p in model.get_submodule(classifier_slot).parameters()}
+    head = [p for p in model.parameters() if id(p) in head_ids and p.requires_grad]
+    body = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
+    return [{"params": body, "lr": lr, "name": "body"}, {"params": head, "lr": lr * head_lr_mult, "name": "head"}]
+
+
+class LabelledImages(Dataset):
+    """Images of one split as ``(tensor, label)``; unreadable files become ``None``."""
+
+    def __init__(self, layout: DatasetLayout, split: str, transform) -> None:
+        self.root, self.samples, self.transform = layout.root, layout.splits[split], transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        s = self.samples[i]
+        try:
+            return self.transform(load_rgb(os.path.join(self.root, s.path))), s.label
+        except UnreadableImage:
+            return None
+
+
+def _collate_readable(batch):
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return None
+    return torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch])
+
+
+def _logits(output) -> torch.Tensor:
+    # Inception returns (logits, aux_logits) in training mode.
+    return output.logits if hasattr(output, "logits") else output
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
+    """Accuracy over a loader in eval mode and fp32 (as the exported model runs); restores the mode it found."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    with torch.inference_mode():
+        for batch in loader:
+            if batch is None:
+                continue
+            x, y = batch
+            pred = _logits(model(x.to(device))).argmax(1).cpu()
+            correct += int((pred == y).sum())
+            total += len(y)
+    model.train(was_training)
+    return correct / total if total else float("nan")
+
+
+def finetune(backbone: Backbone, layout: DatasetLayout, train_split: str, val_split: str | None, cfg: FinetuneConfig,
+             device: torch.device, precision: str, out_dir: str) -> FinetuneResult:
+    """Fine-tune ``backbone.model`` (already fused) in place and keep the best epoch's weights.
+
+    SGD with momentum and weight decay, cosine learning-rate decay over ``cfg.epochs``,
+    RandomResizedCrop + flip on the training images, a validation pass each epoch and
+    a checkpoint (``out_dir/checkpoint.pt``) after each epoch. With ``cfg.resume`` a
+    checkpoint left by an interrupted run is continued. Epoch 0 is the fused model
+    before any update; its weights are kept if no epoch beats it on validation.
+    """
+    model = backbone.model.to(device)
+    slot = backbone.spec.classifier_slot
+    model.requires_grad_(True)
+    frozen = freeze_lowest(model, slot, cfg.freeze_stages)
+    optimiser = torch.optim.SGD(parameter_groups(model, slot, cfg.lr, cfg.head_lr_mult), momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=cfg.epochs)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and device.type == "cuda")
+    train_tf, eval_tf = backbone.preprocessing.train_transform(), backbone.preprocessing.eval_transform()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(LabelledImages(layout, train_split, train_tf), batch_size=cfg.batch_size, shuffle=True,
+                              num_workers=cfg.workers, collate_fn=_collate_readable, generator=generator, drop_last=False)
+    val_loader = DataLoader(LabelledImages(layout, val_split, eval_tf), batch_size=64, num_workers=cfg.workers,
+                            collate_fn=_collate_readable) if val_split else None
+
+    result = FinetuneResult()
+    ckpt_path = os.path.join(out_dir, CHECKPOINT)
+    start_epoch = 1
+    if cfg.resume and os.path.exists(ckpt_path):
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        result.history, result.best_epoch, result.best_val_accuracy = state["history"], state["best_epoch"], state["best_val"]
+        best_state = state["best_model"]
+        start_epoch = state["epoch"] + 1
+        result.resumed_from = state["epoch"]
+    else:
+        torch.manual_seed(cfg.seed)
+        val0 = evaluate(model, val_loader, device) if val_loader else None
+        result.history.append({"epoch": 0, "train_loss": None, "val_accuracy": val0, "seconds": 0.0})
+        result.best_epoch, result.best_val_accuracy = 0, val0
+        best_state = copy.deepcopy(model.state_dict())
+
+    started = time.perf_counter()
+    loss_fn = nn.CrossEntropyLoss()
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        epoch_start = time.perf_counter()
+        set_train_mode(model, frozen)
+        progress = Progress(len(train_loader.dataset), f"epoch {epoch}/{cfg.epochs}", enabled=cfg.progress)
+        total_loss, seen = 0.0, 0
+        for batch in train_loader:
+            if batch is None:
+                continue
+            x, y = batch[0].to(device), batch[1].to(device)
+            optimiser.zero_grad(set_to_none=True)
+            with autocast(device, precision):
+                loss = loss_fn(_logits(model(x)).float(), y)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            total_loss += float(loss.detach()) * len(y)
+            seen += len(y)
+            progress.update(len(y))
+        progress.close()
+        scheduler.step()
+        val_acc = evaluate(model, val_loader, device) if val_loader else None
+        result.history.append({"epoch": epoch, "train_loss": total_loss / max(seen, 1), "val_accuracy": val_acc,
+                               "seconds": round(time.perf_counter() - epoch_start, 2)})
+        improved = val_acc is not None and (result.best_val_accuracy is None or val_acc > result.best_val_accuracy)
+        if improved or val_loader is None:  # without validation the last epoch is kept
+            result.best_epoch, result.best_val_accuracy = epoch, val_acc
+            best_state = copy.deepcopy(model.state_dict())
+        torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
+                    "history": result.history, "best_epoch": result.best_epoch, "best_val": result.best_val_accuracy,
+                    "best_model": best_state}, ckpt_path + ".tmp")
+        os.replace(ckpt_path + ".tmp", ckpt_path)  # a checkpoint is never half-written
+    model.load_state_dict(best_state)
+    model.eval()
+    model.requires_grad_(False)
+    result.seconds = time.perf_counter() - started
+    if math.isnan(result.best_val_accuracy or 0.0):
+        result.best_val_accuracy = None
+    return result

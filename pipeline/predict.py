@@ -1,0 +1,124 @@
+"""Predict classes of new images with an exported MODEL_DIR (no HDF5, no training state).
+
+``python -m pipeline.predict --model MODEL_DIR IMAGE_OR_DIR... [--format table|jsonl|csv] [--top-k K]``
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import click
+import torch
+
+from features.images import UnreadableImage, load_rgb
+from features.preprocessing import Preprocessing
+from pipeline.export import EXPORTED_PROGRAM, SIDECAR
+
+
+class ModelDirError(Exception):
+    """An unusable MODEL_DIR; ``str(exc)`` is a one-line reason."""
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[tuple[str, float]]  # (class, probability), best first
+
+
+def load_exported(model_dir: str) -> tuple[torch.nn.Module, dict]:
+    """The exported program (as a callable module) and its sidecar."""
+    sidecar_path = os.path.join(model_dir, SIDECAR)
+    program_path = os.path.join(model_dir, EXPORTED_PROGRAM)
+    if not os.path.exists(sidecar_path) or not os.path.exists(program_path):
+        raise ModelDirError(f"{model_dir}: not a model folder (needs {SIDECAR} and {EXPORTED_PROGRAM} from pipeline.fuse)")
+    with open(sidecar_path, encoding="utf-8") as fh:
+        sidecar = json.load(fh)
+    return torch.export.load(program_path).module(), sidecar
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Files as given, folders expanded to their non-hidden files (recursively, sorted)."""
+    files = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for dirpath, dirnames, filenames in os.walk(item):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                files += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
+        else:
+            files.append(item)
+    return files
+
+
+def predict_images(model_dir: str, paths: list[str], top_k: int = 1, batch_size: int = 32):
+    """Classify image files.
+
+    Returns
+    -------
+    predictions : list of Prediction
+    skipped : list of (path, reason)
+    """
+    model, sidecar = load_exported(model_dir)
+    transform = Preprocessing.from_json(json.dumps(sidecar["preprocessing"])).eval_transform()
+    classes = sidecar["classes"]
+    predictions, skipped, pending = [], [], []
+
+    def flush():
+        if not pending:
+            return
+        with torch.inference_mode():
+            probs = torch.softmax(model(torch.stack([t for _, t in pending])), dim=1)
+        values, indices = probs.topk(min(top_k, len(classes)), dim=1)
+        for (path, _), v, i in zip(pending, values.tolist(), indices.tolist()):
+            predictions.append(Prediction(path, [(classes[c], p) for c, p in zip(i, v)]))
+        pending.clear()
+
+    for path in paths:
+        try:
+            pending.append((path, transform(load_rgb(path))))
+        except UnreadableImage as exc:
+            skipped.append((path, str(exc)))
+        except OSError as exc:
+            skipped.append((path, exc.strerror or str(exc)))
+        if len(pending) == batch_size:
+            flush()
+    flush()
+    return predictions, skipped
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "model_dir", required=True, help="MODEL_DIR written by pipeline.fuse.")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default="table", show_default=True)
+@click.option("--top-k", default=1, show_default=True, type=click.IntRange(min=1))
+def main(model_dir, inputs, fmt, top_k) -> None:
+    """Print class and probability for each image (folders are searched recursively)."""
+    try:
+        predictions, skipped = predict_images(model_dir, expand_inputs(list(inputs)), top_k)
+    except ModelDirError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if fmt == "jsonl":
+        for p in predictions:
+            click.echo(json.dumps({"path": p.path, "class": p.top[0][0], "prob": round(p.top[0][1], 6),
+                                   "top": [{"class": c, "prob": round(v, 6)} for c, v in p.top]}))
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["path", "class", "prob"] + [f"{k}{i}" for i in range(2, top_k + 1) for k in ("class", "prob")])
+        for p in predictions:
+            writer.writerow([p.path] + [x for c, v in p.top for x in (c, f"{v:.6f}")])
+    else:
+        for p in predictions:
+            click.echo(f"{p.path}\t" + "  ".join(f"{c} {v:.3f}" for c, v in p.top))
+    for path, reason in skipped:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    if not predictions:
+        click.echo("error: no image could be read", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Fuse, fine-tune, export and predict, on generated images and on real Lite0."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from features.backbones import load_backbone
+from features.extract import ExtractConfig, extract
+from features.hooks import capture_features
+from pipeline.affine import AffineHead, HeadError, load_affine
+from pipeline.build_model import BuildConfig, build_model
+from pipeline.export import export_model
+from pipeline.finetune import FinetuneConfig, freeze_lowest, parameter_groups, set_train_mode, stages
+from pipeline.fuse import FusedHeadMismatch, fuse_head, verify_fused
+from pipeline.train_head import HeadConfig, train_head
+from tests.conftest import REPO, make_imagefolder, run_cli
+
+
+def _random_head(dim, n_classes, seed=0, identity=None):
+    rng = np.random.default_rng(seed)
+    return AffineHead(rng.normal(size=(n_classes, dim)) * 0.05, rng.normal(size=n_classes), [f"c{i}" for i in range(n_classes)],
+                      identity or {}, "logreg")
+
+
+@pytest.mark.parametrize("name, weights", [("efficientnet_lite0", "DEFAULT"), ("resnet50", "none"),
+                                           ("squeezenet1_1", "none"), ("vgg11", "none"), ("densenet121", "none")])
+def test_fused_logits_equal_head_of_features(name, weights):
+    backbone = load_backbone(name, weights)
+    head = _random_head(backbone.feature_dim, 3)
+    x = torch.randn(2, 3, backbone.preprocessing.crop_size, backbone.preprocessing.crop_size)
+    with torch.inference_mode(), capture_features(backbone.model, backbone.spec) as cap:
+        backbone.model(x)
+        features = cap.pop().double().numpy()
+    fuse_head(backbone, head)
+    assert verify_fused(backbone, head, x) < 1e-4
+    with torch.inference_mode():
+        np.testing.assert_allclose(backbone.model(x).double().numpy(), head.logits(features), rtol=1e-4, atol=1e-4)
+
+
+def test_verify_fused_catches_a_wrong_slot():
+    backbone = load_backbone("tiny_cnn", "none")
+    head = _random_head(32, 2)
+    fuse_head(backbone, head)
+    with torch.no_grad():
+        backbone.model.fc.bias.add_(1.0)  # the network no longer computes the head
+    with pytest.raises(FusedHeadMismatch):
+        verify_fused(backbone, head, torch.randn(2, 3, 32, 32))
+
+
+def test_parameter_groups_get_their_learning_rates():
+    backbone = load_backbone("resnet18", "none")
+    fuse_head(backbone, _random_head(512, 2))
+    model = backbone.model.requires_grad_(True)
+    groups = parameter_groups(model, "fc", lr=0.01, head_lr_mult=10)
+    assert [g["lr"] for g in groups] == [0.01, 0.1]
+    assert {id(p) for p in groups[1]["params"]} == {id(model.fc.weight), id(model.fc.bias)}
+    assert len(groups[0]["params"]) == len(list(model.parameters())) - 2
+    opt = torch.optim.SGD(groups, lr=0.01)
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.1]
+
+
+def test_frozen_stages_do_not_change(tmp_path):
+    backbone = load_backbone("tiny_cnn", "none")
+    names = [n for n, _ in stages(backbone.model, "fc")]
+    assert names == ["features.0", "features.1", "features.3", "features.4"]
+    fuse_head(backbone, _random_head(32, 2))
+    model = backbone.model.requires_grad_(True)
+    frozen = freeze_lowest(model, "fc", 2)
+    assert frozen == ["features.0", "features.1"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(parameter_groups(model, "fc", 0.1, 10), lr=0.1, momentum=0.9)
+    set_train_mode(model, frozen)
+    assert not model.features[1].training and model.features[4].training
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 0, 1])).backward()
+        opt.step()
+    after = model.state_dict()
+    for key in ("features.0.weight", "features.1.weight", "features.1.running_mean", "features.1.running_var"):
+        assert torch.equal(before[key], after[key]), key
+    for key in ("features.3.weight", "features.4.running_mean", "fc.weight"):
+        assert not torch.equal(before[key], after[key]), key
+
+
+@pytest.mark.parametrize("name, weights", [("tiny_cnn", "none"), ("efficientnet_lite0", "DEFAULT")])
+def test_export_matches_eager(tmp_path, name, weights):
+    backbone = load_backbone(name, weights)
+    model = fuse_head(backbone, _random_head(backbone.feature_dim, 3))
+    size = backbone.preprocessing.crop_size
+    x = torch.randn(3, 3, size, size)
+    results = export_model(model, x, str(tmp_path))
+    assert results["torchscript"]["max_abs_diff"] < 1e-4 and results["torch.export"]["max_abs_diff"] < 1e-4
+    other = torch.randn(5, 3, size, size)  # another batch size through the dynamic dimension
+    with torch.inference_mode():
+        eager = model(other)
+        exported = torch.export.load(str(tmp_path / "model.pt2")).module()(other)
+        scripted = torch.jit.load(str(tmp_path / "model.ts"))(other)
+    assert torch.allclose(eager, exported, atol=1e-4) and torch.allclose(eager, scripted, atol=1e-4)
+
+
+@pytest.fixture
+def tiny_pipeline(tmp_path):
+    """Generated images -> tiny_cnn features -> logreg head."""
+    data = make_imagefolder(str(tmp_path / "data"), {"train": {"ants": 12, "bees": 12}, "val": {"ants": 6, "bees": 6}})
+    feats = str(tmp_path / "f.h5")
+    extract(ExtractConfig(data_root=data, out_path=feats, backbone="tiny_cnn", weights="none", progress=False))
+    head = str(tmp_path / "head")
+    train_head(HeadConfig(feats, head, clf="logreg", n_jobs=1))
+    return data, feats, head
+
+
+def test_build_model_without_finetune_reproduces_head_accuracy(tiny_pipeline, tmp_path):
+    data, feats, head = tiny_pipeline
+    out = str(tmp_path / "model")
+    sidecar = build_model(BuildConfig(head, out), log=lambda *_: None)
+    assert sidecar["classes"] == ["ants", "bees"] and sidecar["input_size"] == 32 and sidecar["finetune"] is None
+    from pipeline.predict import predict_images
+
+    preds, skipped = predict_images(out, [os.path.join(data, "val", c, f"img_{i:03d}.jpg") for c in ("ants", "bees") for i in range(6)])
+    truth = ["ants"] * 6 + ["bees"] * 6
+    accuracy = np.mean([p.top[0][0] == t for p, t in zip(preds, truth)])
+    assert not skipped and accuracy == pytest.approx(sidecar["head"]["splits"]["val"]["accuracy"])
+
+
+def test_finetune_resume_after_killing_a_real_run(tiny_pipeline, tmp_path):
+    data, feats, head = tiny_pipeline
+    args = ["--head", head, "--finetune-epochs", "25", "--lr", "0.01", "--batch-size", "8", "--precision", "fp32", "--quiet"]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    cut = str(tmp_path / "cut")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.fuse", *args, "--out", cut], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not os.path.exists(os.path.join(cut, "checkpoint.pt")) and time.time() < deadline:
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert not os.path.exists(os.path.join(cut, "model.json")), "the run finished before it could be killed"
+    killed_at = torch.load(os.path.join(cut, "checkpoint.pt"), weights_only=False)["epoch"]
+    resumed = run_cli("-m pipeline.fuse", *args, "--out", cut, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    whole = run_cli("-m pipeline.fuse", *args, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    a = json.load(open(os.path.join(cut, "model.json")))["finetune"]
+    b = json.load(open(os.path.join(tmp_path / "whole", "model.json")))["finetune"]
+    assert a["resumed_from_epoch"] == killed_at < 25
+    assert [h["train_loss"] for h in a["history"][1:]] == pytest.approx([h["train_loss"] for h in b["history"][1:]], rel=1e-5)
+    assert a["best_epoch"] == b["best_epoch"]
+
+
+def test_fuse_cli_bad_inputs(tiny_pipeline, tmp_path):
+    data, feats, head = tiny_pipeline
+    r = run_cli("-m pipeline.fuse", "--head", str(tmp_path / "nohead"), "--out", str(tmp_path / "m"))
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("-m pipeline.fuse", "--head", head, "--out", str(tmp_path / "m"), "--data", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "pass --data ROOT" in r.stderr
+    meta = json.load(open(os.path.join(head, "head.json")))
+    meta["feature_identity"]["weights"] = "sha256:" + "0" * 64
+    json.dump(meta, open(os.path.join(head, "head.json"), "w"))
+    r = run_cli("-m pipeline.fuse", "--head", head, "--out", str(tmp_path / "m"))
+    assert r.returncode == 2 and "weights" in r.stderr and "differ" in r.stderr
+    rbf = str(tmp_path / "rbf")
+    train_head(HeadConfig(feats, rbf, clf="svm", kernel="rbf", n_jobs=1))
+    r = run_cli("-m pipeline.fuse", "--head", rbf, "--out", str(tmp_path / "m"))
+    assert r.returncode == 2 and "not linear" in r.stderr
+
+
+def test_predict_cli_real_and_broken_images(tiny_pipeline, tmp_path):
+    data, feats, head = tiny_pipeline
+    out = str(tmp_path / "model")
+    build_model(BuildConfig(head, out), log=lambda *_: None)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "zero.jpg").write_bytes(b"")
+    (broken / "text.png").write_text("hello")
+    r = run_cli("-m pipeline.predict", "--model", out, os.path.join(data, "val", "bees"), str(broken), "--format", "jsonl",
+                "--top-k", "2")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 6 and {"path", "class", "prob"} <= set(rows[0]) and len(rows[0]["top"]) == 2
+    assert "skipped" in r.stderr and "zero.jpg: empty file" in r.stderr and "text.png" in r.stderr
+    only_bad = run_cli("-m pipeline.predict", "--model", out, str(broken))
+    assert only_bad.returncode == 1
+    csv_out = run_cli("-m pipeline.predict", "--model", out, os.path.join(data, "val", "ants"), "--format", "csv")
+    assert csv_out.stdout.splitlines()[0] == "path,class,prob" and len(csv_out.stdout.splitlines()) == 7
