@@ -47,3 +47,19 @@ def test_imagenet_init_with_zero_epochs_is_the_backbones_own_classifier(hymenopt
     with torch.inference_mode():
         own = backbone.model(x)[:, [310, 309]].double().numpy()
     np.testing.assert_allclose(head.logits(val.features[rows]), own, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_lite0_reproduces_head_val_accuracy_exactly(hymenoptera, hymenoptera_lite0, tmp_path):
+    from pipeline.build_model import BuildConfig, build_model
+    from pipeline.predict import expand_inputs, predict_images
+
+    head = str(tmp_path / "head")
+    report = train_head(HeadConfig(hymenoptera_lite0, head, clf="linear", init="imagenet")).report
+    model = str(tmp_path / "model")
+    build_model(BuildConfig(head, model), log=lambda *_: None)
+    paths = expand_inputs([os.path.join(hymenoptera, "val")])
+    predictions, skipped = predict_images(model, paths)
+    truth = [os.path.basename(os.path.dirname(p.path)) for p in predictions]
+    accuracy = float(np.mean([p.top[0][0] == t for p, t in zip(predictions, truth)]))
+    assert not skipped and len(predictions) == 153
+    assert accuracy == report["splits"]["val"]["accuracy"]
