@@ -13,10 +13,10 @@ import torch
 from features.backbones import load_backbone
 from features.extract import ExtractConfig, extract
 from features.hooks import capture_features
-from pipeline.affine import AffineHead, HeadError, load_affine
+from pipeline.affine import AffineHead
 from pipeline.build_model import BuildConfig, build_model
 from pipeline.export import export_model
-from pipeline.finetune import FinetuneConfig, freeze_lowest, parameter_groups, set_train_mode, stages
+from pipeline.finetune import freeze_lowest, parameter_groups, set_train_mode, stages
 from pipeline.fuse import FusedHeadMismatch, fuse_head, verify_fused
 from pipeline.train_head import HeadConfig, train_head
 from tests.conftest import REPO, make_imagefolder, run_cli
