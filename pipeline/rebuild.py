@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from features.backbones import Backbone, get_spec, load_backbone
 from pipeline.affine import HeadError
@@ -17,7 +18,11 @@ def weights_argument(identity: dict) -> str:
         return weights.split(".", 1)[1]
     if get_spec(identity["backbone"]).bundled_weights is not None:
         return "DEFAULT"
-    return identity.get("weights_source", "")
+    source = identity.get("weights_source", "")
+    if not os.path.isfile(source):
+        raise HeadError(f"{identity['backbone']}: weights {weights[:23]}... that the features were made with are not "
+                        f"available here (source: {source})")
+    return source
 
 
 def rebuild_backbone(identity: dict) -> Backbone:

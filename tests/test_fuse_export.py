@@ -163,7 +163,7 @@ def test_fuse_cli_bad_inputs(tiny_pipeline, tmp_path):
     meta["feature_identity"]["weights"] = "sha256:" + "0" * 64
     json.dump(meta, open(os.path.join(head, "head.json"), "w"))
     r = run_cli("-m pipeline.fuse", "--head", head, "--out", str(tmp_path / "m"))
-    assert r.returncode == 2 and "weights" in r.stderr and "differ" in r.stderr
+    assert r.returncode == 2 and "weights sha256:000" in r.stderr and "not available" in r.stderr
     rbf = str(tmp_path / "rbf")
     train_head(HeadConfig(feats, rbf, clf="svm", kernel="rbf", n_jobs=1))
     r = run_cli("-m pipeline.fuse", "--head", rbf, "--out", str(tmp_path / "m"))
@@ -188,3 +188,23 @@ def test_predict_cli_real_and_broken_images(tiny_pipeline, tmp_path):
     assert only_bad.returncode == 1
     csv_out = run_cli("-m pipeline.predict", "--model", out, os.path.join(data, "val", "ants"), "--format", "csv")
     assert csv_out.stdout.splitlines()[0] == "path,class,prob" and len(csv_out.stdout.splitlines()) == 7
+
+
+def test_rebuild_refuses_a_weights_file_that_changed(tmp_path):
+    import json as _json
+
+    from pipeline.affine import HeadError
+    from pipeline.rebuild import rebuild_backbone
+
+    path = str(tmp_path / "w.pth")
+    torch.save(load_backbone("tiny_cnn", "none").model.state_dict(), path)
+    original = load_backbone("tiny_cnn", path)
+    identity = {"backbone": "tiny_cnn", "weights": original.weights.identity, "weights_source": path,
+                "preprocessing": _json.loads(original.preprocessing.to_json()), "feature_layer": original.spec.feature_layer,
+                "feature_dim": 32}
+    assert rebuild_backbone(identity).weights.identity == original.weights.identity
+    state = original.model.state_dict()
+    state["fc.bias"] += 1
+    torch.save(state, path)  # the same file name now holds other weights
+    with pytest.raises(HeadError, match="differ"):
+        rebuild_backbone(identity)
