@@ -226,6 +226,21 @@ def weights_available_offline(spec: BackboneSpec) -> bool:
     return os.path.exists(_hub_cache_path(get_model_weights(spec.torchvision_weights).DEFAULT.url))
 
 
+def backbone_table() -> list[str]:
+    """One line per registry entry: name, input size, tapped layer, offline availability."""
+    lines = [f"{'name':<20} {'input':>5}  {'offline':<8} feature tap"]
+    for name in available_backbones():
+        spec = get_spec(name)
+        size = spec.preprocessing(None).crop_size
+        if spec.bundled_weights is None and spec.torchvision_weights is None:
+            offline = "random"
+        else:
+            offline = "yes" if weights_available_offline(spec) else "no"
+        lines.append(f"{name:<20} {size:>5}  {offline:<8} {spec.feature_layer}")
+    lines.append("offline: yes = DEFAULT weights load without network; no = needs a download, a --weights PATH, or --weights none")
+    return lines
+
+
 # --------------------------------------------------------------------------- loading
 
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from features.backbones import BackboneError, available_backbones, get_spec, weights_available_offline
+from features.backbones import BackboneError, backbone_table
 from features.data import DatasetError
 from features.extract import ExtractConfig, ExtractionError, extract
 from features.store import FeatureFileError
@@ -16,21 +16,6 @@ from features.store import FeatureFileError
 def _fail(message: str, code: int = 2) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
-
-
-def list_backbones_lines() -> list[str]:
-    """One line per registry entry: name, input size, tapped layer, offline availability."""
-    lines = [f"{'name':<20} {'input':>5}  {'offline':<8} feature tap"]
-    for name in available_backbones():
-        spec = get_spec(name)
-        size = spec.preprocessing(None).crop_size
-        if spec.bundled_weights is None and spec.torchvision_weights is None:
-            offline = "random"
-        else:
-            offline = "yes" if weights_available_offline(spec) else "no"
-        lines.append(f"{name:<20} {size:>5}  {offline:<8} {spec.feature_layer}")
-    lines.append("offline: yes = DEFAULT weights load without network; no = needs a download, a --weights PATH, or --weights none")
-    return lines
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -59,7 +44,7 @@ def main(data_root, backbone, weights, out_path, batch_size, workers, device, pr
          seed, overwrite, limit, quiet, list_backbones) -> None:
     """Extract pooled features of a frozen pretrained backbone into an HDF5 file (stage one)."""
     if list_backbones:
-        click.echo("\n".join(list_backbones_lines()))
+        click.echo("\n".join(backbone_table()))
         return
     if not data_root:
         _fail("--data ROOT is required (or use --list-backbones)")

@@ -102,15 +102,15 @@ def _is_split_layout(root: str, top: list[str]) -> bool:
 
 def _scan_split(root: str, split_dir: str, classes: list[str]) -> tuple[list[Sample], list[str]]:
     samples, empty = [], []
-    present = set(_subdirs(os.path.join(root, split_dir))) if split_dir else set(_subdirs(root))
+    present = set(_subdirs(os.path.join(root, split_dir)))
     for label, cls in enumerate(classes):
         if cls not in present:
             continue
-        class_dir = os.path.join(root, split_dir, cls)
-        files = _files_under(class_dir)
+        files = _files_under(os.path.join(root, split_dir, cls))
         if not files:
             empty.append(cls)
-        samples.extend(Sample(os.path.join(split_dir, cls, f) if split_dir else os.path.join(cls, f), label) for f in files)
+        # os.path.join("", cls, f) == "cls/f": single-ImageFolder paths carry no split prefix.
+        samples.extend(Sample(os.path.join(split_dir, cls, f), label) for f in files)
     samples.sort(key=lambda s: s.path)
     return samples, empty
 

@@ -45,6 +45,20 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def resolve_train_precision(precision: str, device: torch.device) -> str:
+    """Autocast precision for training (fine-tuning).
+
+    ``auto``: fp16 AMP on CUDA, bf16 autocast on CPUs with native bf16, else fp32.
+    Unlike extraction, training keeps fp32 master weights and is validated in fp32
+    every epoch, so the faster bf16 path is the default where the CPU has it.
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Autocast context for ``precision`` (a no-op for fp32)."""
     if precision == "fp32":

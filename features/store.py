@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Iterator
 
 import h5py
 import numpy as np
@@ -413,12 +412,6 @@ class FeatureFile:
             view=g["view"][...],
             skipped=list(zip(g["skipped_paths"].asstr()[...], g["skipped_reasons"].asstr()[...])),
         )
-
-    def iter_chunks(self, split: str, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(features, labels)`` blocks of at most ``rows`` rows, in file order."""
-        g = self._h5[split]
-        for start in range(0, g["features"].shape[0], rows):
-            yield (g["features"][start:start + rows].astype(np.float32, copy=False), g["labels"][start:start + rows])
 
     def close(self) -> None:
         self._h5.close()

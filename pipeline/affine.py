@@ -7,12 +7,13 @@ It is stored pickle-free as ``head.npz`` (arrays ``W`` and ``b``) plus ``head.js
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from features.backbones import sha256_file
 
 HEAD_ARRAYS = "head.npz"
 HEAD_META = "head.json"
@@ -68,40 +69,33 @@ def binary_to_two_rows(coef: np.ndarray, intercept: np.ndarray) -> tuple[np.ndar
     return W, b
 
 
-def _sha256(path: str) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()
-
-
-def save_affine(head: AffineHead, head_dir: str) -> None:
-    """Write ``head.npz`` and ``head.json`` into ``head_dir``."""
+def write_head_meta(head_dir: str, clf: str, classes: list[str], feature_identity: dict, extra: dict,
+                    arrays_sha256: str | None) -> None:
+    """Write ``head.json``; a head without arrays (``arrays_sha256=None``) is marked not fusable."""
     os.makedirs(head_dir, exist_ok=True)
-    arrays = os.path.join(head_dir, HEAD_ARRAYS)
-    np.savez(arrays, W=head.W.astype(np.float64), b=head.b.astype(np.float64))
     meta = {
         "format": HEAD_FORMAT,
         "format_version": HEAD_FORMAT_VERSION,
-        "clf": head.clf,
-        "classes": head.classes,
-        "feature_identity": head.feature_identity,
-        "arrays_sha256": _sha256(arrays),
-        "extra": head.extra,
+        "clf": clf,
+        "classes": classes,
+        "feature_identity": feature_identity,
+        "fusable": arrays_sha256 is not None,
+        "arrays_sha256": arrays_sha256,
+        "extra": extra,
     }
     with open(os.path.join(head_dir, HEAD_META), "w", encoding="utf-8") as fh:
         json.dump(meta, fh, indent=2, sort_keys=True)
 
 
-def load_affine(head_dir: str) -> AffineHead:
-    """Read and verify a head written by :func:`save_affine`.
+def read_head_meta(head_dir: str) -> dict:
+    """Read ``head.json`` of any head (linear or not) and check its format.
 
     Raises
     ------
     HeadError
-        Missing files, unknown format, a non-linear head, or arrays whose hash or shape
-        does not match ``head.json`` (a tampered or incomplete head).
+        Missing folder or file, unreadable JSON, unknown format.
     """
     meta_path = os.path.join(head_dir, HEAD_META)
-    arrays = os.path.join(head_dir, HEAD_ARRAYS)
     if not os.path.isdir(head_dir):
         raise HeadError(f"head folder {head_dir!r} does not exist")
     if not os.path.exists(meta_path):
@@ -113,9 +107,31 @@ def load_affine(head_dir: str) -> AffineHead:
         raise HeadError(f"{meta_path}: unreadable ({exc})") from None
     if meta.get("format") != HEAD_FORMAT or meta.get("format_version") != HEAD_FORMAT_VERSION:
         raise HeadError(f"{meta_path}: unknown head format {meta.get('format')!r} v{meta.get('format_version')!r}")
-    if not meta.get("fusable", True) or not os.path.exists(arrays):
+    return meta
+
+
+def save_affine(head: AffineHead, head_dir: str) -> None:
+    """Write ``head.npz`` and ``head.json`` into ``head_dir``."""
+    os.makedirs(head_dir, exist_ok=True)
+    arrays = os.path.join(head_dir, HEAD_ARRAYS)
+    np.savez(arrays, W=head.W.astype(np.float64), b=head.b.astype(np.float64))
+    write_head_meta(head_dir, head.clf, head.classes, head.feature_identity, head.extra, sha256_file(arrays))
+
+
+def load_affine(head_dir: str) -> AffineHead:
+    """Read and verify a head written by :func:`save_affine`.
+
+    Raises
+    ------
+    HeadError
+        Missing files, unknown format, a non-linear head, or arrays whose hash or shape
+        does not match ``head.json`` (a tampered or incomplete head).
+    """
+    meta = read_head_meta(head_dir)
+    arrays = os.path.join(head_dir, HEAD_ARRAYS)
+    if not meta.get("fusable") or not os.path.exists(arrays):
         raise HeadError(f"{head_dir}: this {meta.get('clf')} head is not linear, so it has no affine form to fuse or export")
-    if _sha256(arrays) != meta.get("arrays_sha256"):
+    if sha256_file(arrays) != meta.get("arrays_sha256"):
         raise HeadError(f"{arrays}: contents do not match the hash in {HEAD_META} (modified or incomplete head)")
     with np.load(arrays, allow_pickle=False) as data:
         W, b = data["W"], data["b"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -9,11 +10,10 @@ from dataclasses import dataclass
 import torch
 
 from features.data import DatasetError, discover, find_train_split
-from features.devices import resolve_device
-from features.images import UnreadableImage, load_rgb
+from features.devices import resolve_device, resolve_train_precision
 from pipeline.affine import HeadError, load_affine
 from pipeline.export import export_model, write_sidecar
-from pipeline.finetune import FinetuneConfig, finetune, resolve_train_precision
+from pipeline.finetune import FinetuneConfig, LabelledImages, finetune
 from pipeline.fuse import fuse_head, verify_fused
 from pipeline.rebuild import rebuild_backbone
 
@@ -33,14 +33,8 @@ class BuildConfig:
 
 def real_batch(layout, split: str, transform, n: int) -> torch.Tensor:
     """The first ``n`` readable images of a split, preprocessed (for equality checks)."""
-    tensors = []
-    for sample in layout.splits[split]:
-        try:
-            tensors.append(transform(load_rgb(os.path.join(layout.root, sample.path))))
-        except UnreadableImage:
-            continue
-        if len(tensors) == n:
-            break
+    readable = (item[0] for item in LabelledImages(layout, split, transform) if item is not None)
+    tensors = list(itertools.islice(readable, n))
     if len(tensors) < 2:
         raise DatasetError(f"fewer than 2 readable images in split {split!r} for the equality check")
     return torch.stack(tensors)
@@ -80,8 +74,10 @@ def build_model(cfg: BuildConfig, log=print) -> dict:
     log(f"fused {head.clf} head into {backbone.spec.name}.{backbone.spec.classifier_slot}: "
         f"logits equal head(features) on {len(check)} real images (max abs diff {diff:.2e})")
 
-    report_path = os.path.join(cfg.head_dir, "report.json")
-    head_report = json.load(open(report_path)) if os.path.exists(report_path) else {}
+    head_report = {}
+    if os.path.exists(os.path.join(cfg.head_dir, "report.json")):
+        with open(os.path.join(cfg.head_dir, "report.json"), encoding="utf-8") as fh:
+            head_report = json.load(fh)
     finetune_info = None
     os.makedirs(cfg.out_dir, exist_ok=True)
     if cfg.finetune and cfg.finetune.epochs > 0:

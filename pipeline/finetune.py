@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from features.backbones import Backbone
 from features.data import DatasetLayout
-from features.devices import autocast, cpu_has_native_bf16
+from features.devices import autocast
 from features.images import UnreadableImage, load_rgb
 from features.progress import Progress
 
@@ -47,15 +46,6 @@ class FinetuneResult:
     best_val_accuracy: float | None = None
     seconds: float = 0.0
     resumed_from: int | None = None
-
-
-def resolve_train_precision(precision: str, device: torch.device) -> str:
-    """``auto``: fp16 AMP on CUDA, bf16 autocast on CPUs with native bf16, else fp32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "fp16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 def stages(model: nn.Module, classifier_slot: str) -> list[tuple[str, nn.Module]]:
@@ -133,8 +123,11 @@ def _logits(output) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output
 
 
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
-    """Accuracy over a loader in eval mode and fp32 (as the exported model runs); restores the mode it found."""
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> float | None:
+    """Accuracy over a loader in eval mode and fp32 (as the exported model runs); restores the mode it found.
+
+    ``None`` when the loader holds no readable image.
+    """
     was_training = model.training
     model.eval()
     correct = total = 0
@@ -147,7 +140,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> floa
             correct += int((pred == y).sum())
             total += len(y)
     model.train(was_training)
-    return correct / total if total else float("nan")
+    return correct / total if total else None
 
 
 def finetune(backbone: Backbone, layout: DatasetLayout, train_split: str, val_split: str | None, cfg: FinetuneConfig,
@@ -234,6 +227,4 @@ def finetune(backbone: Backbone, layout: DatasetLayout, train_split: str, val_sp
     model.eval()
     model.requires_grad_(False)
     result.seconds = time.perf_counter() - started
-    if math.isnan(result.best_val_accuracy or 0.0):
-        result.best_val_accuracy = None
     return result

@@ -45,11 +45,6 @@ def fuse_head(backbone: Backbone, head: AffineHead) -> nn.Module:
     return backbone.model
 
 
-def head_parameters(model: nn.Module, slot: str) -> list[nn.Parameter]:
-    """Parameters of the fused head (the classifier slot)."""
-    return list(model.get_submodule(slot).parameters())
-
-
 def verify_fused(backbone: Backbone, head: AffineHead, images: torch.Tensor, rtol: float = 1e-4,
                  atol: float = 1e-4) -> float:
     """Check on a real batch, in fp32, that fused logits equal ``head.logits(features)``.

@@ -20,7 +20,7 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def _parse_C(value: str) -> str | float:
+def _parse_C(_ctx, _param, value: str) -> str | float:
     if value == "auto":
         return value
     try:
@@ -35,7 +35,7 @@ def _parse_C(value: str) -> str | float:
 @click.command(context_settings=_SETTINGS)
 @click.option("--features", "features_path", required=True, help="Complete feature file from run_extract.py.")
 @click.option("--clf", type=click.Choice(["svm", "logreg", "linear"]), default="logreg", show_default=True)
-@click.option("--C", "C", default="auto", show_default=True, help="Inverse regularisation, or auto: chosen by K-fold CV on train.")
+@click.option("--C", "C", default="auto", show_default=True, callback=_parse_C, help="Inverse regularisation, or auto: chosen by K-fold CV on train.")
 @click.option("--cv", default=5, show_default=True, type=click.IntRange(min=2), help="Folds of the C sweep.")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
 @click.option("--init", type=click.Choice(["none", "imagenet"]), default="none", show_default=True,
@@ -49,13 +49,11 @@ def _parse_C(value: str) -> str | float:
 @click.option("--out", "out_dir", default="head", show_default=True, help="HEAD_DIR to write.")
 def fit(features_path, clf, C, cv, class_weight, init, epochs, kernel, seed, n_jobs, out_dir) -> None:
     """Train a classifier on cached features (stage two). `run_head.py predict --help` applies one."""
+    cfg = HeadConfig(features_path=features_path, out_dir=out_dir, clf=clf, C=C, cv=cv,
+                     class_weight=None if class_weight == "none" else class_weight, init=init, epochs=epochs,
+                     seed=seed, n_jobs=n_jobs, kernel=kernel)
     try:
-        cfg = HeadConfig(features_path=features_path, out_dir=out_dir, clf=clf, C=_parse_C(C), cv=cv,
-                         class_weight=None if class_weight == "none" else class_weight, init=init, epochs=epochs,
-                         seed=seed, n_jobs=n_jobs, kernel=kernel)
         result = train_head(cfg)
-    except click.BadParameter as exc:
-        _fail(f"--C: {exc.message}")
     except (FeatureFileError, HeadTrainingError, HeadError, ValueError) as exc:
         _fail(str(exc))
     click.echo("\n".join(summary_lines(result, out_dir)))

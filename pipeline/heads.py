@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from joblib import Parallel, delayed
-from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
@@ -58,16 +57,9 @@ class TorchLinearHead:
                  class_weight: str | None = None, seed: int = 0) -> None:
         self.C, self.epochs, self.init, self.class_weight, self.seed = C, epochs, init, class_weight, seed
 
-    def get_params(self, deep: bool = False) -> dict:
-        return {"C": self.C, "epochs": self.epochs, "init": self.init, "class_weight": self.class_weight, "seed": self.seed}
-
-    def set_params(self, **params) -> "TorchLinearHead":
-        for key, value in params.items():
-            setattr(self, key, value)
-        return self
-
     def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int | None = None) -> "TorchLinearHead":
-        n_classes = int(n_classes or y.max() + 1)
+        if n_classes is None:
+            n_classes = len(self.init[1]) if self.init is not None else int(y.max()) + 1
         self.scaler_ = StandardScaler().fit(X)
         mean, scale = self.scaler_.mean_, self.scaler_.scale_
         Xs = torch.as_tensor(self.scaler_.transform(X), dtype=torch.float64)
@@ -163,9 +155,8 @@ def _fit_quietly(estimator, X, y):
 
 
 def _fold_score(estimator, X, y, train_idx, test_idx) -> float:
-    fitted = _fit_quietly(clone(estimator) if not isinstance(estimator, TorchLinearHead)
-                          else TorchLinearHead(**estimator.get_params()), X[train_idx], y[train_idx])
-    # Score on the clean view of held-out images only (rows marked in the caller).
+    """Fit a fresh (unfitted) head on one fold's rows and score its held-out rows."""
+    fitted = _fit_quietly(estimator, X[train_idx], y[train_idx])
     return float((fitted.predict(X[test_idx]) == y[test_idx]).mean())
 
 
@@ -197,7 +188,7 @@ def choose_C(estimator_for, X: np.ndarray, y: np.ndarray, groups: np.ndarray, cl
     Parameters
     ----------
     estimator_for : callable
-        ``estimator_for(C)`` returns an unfitted head.
+        ``estimator_for(C)`` returns a new unfitted head (one is made per fold).
     X, y : ndarray
         Training rows (all views).
     groups : ndarray

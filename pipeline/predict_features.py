@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 
 import joblib
 import numpy as np
 
 from features.store import FeatureFile
-from pipeline.affine import HEAD_META, HeadError, check_identity, load_affine
+from pipeline.affine import check_identity, load_affine, read_head_meta
 from pipeline.train_head import check_finite
 
 
@@ -21,15 +20,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _head_scores(head_dir: str, features: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    with open(os.path.join(head_dir, HEAD_META), encoding="utf-8") as fh:
-        fusable = json.load(fh).get("fusable", True)
+def _head_scores(head_dir: str, fusable: bool, features: np.ndarray) -> np.ndarray:
+    """Class scores: the verified affine map, or the pickled estimator of a non-linear head."""
     if fusable:
-        head = load_affine(head_dir)
-        return head.logits(features), head.classes
-    estimator = joblib.load(os.path.join(head_dir, "estimator.joblib"))
-    scores = estimator.decision_function(features)
-    return (np.column_stack([-scores, scores]) / 2 if scores.ndim == 1 else scores), None
+        return load_affine(head_dir).logits(features)
+    scores = joblib.load(os.path.join(head_dir, "estimator.joblib")).decision_function(features)
+    return np.column_stack([-scores, scores]) / 2 if scores.ndim == 1 else scores
 
 
 def predict_split(head_dir: str, features_path: str, split: str, out_csv: str | None) -> dict:
@@ -47,16 +43,13 @@ def predict_split(head_dir: str, features_path: str, split: str, out_csv: str | 
         The head was trained on features of another backbone, weights, preprocessing
         or class list; or the head folder is broken.
     """
-    if not os.path.exists(os.path.join(head_dir, HEAD_META)):
-        raise HeadError(f"{head_dir}: no {HEAD_META}; not a head folder written by run_head.py")
-    with open(os.path.join(head_dir, HEAD_META), encoding="utf-8") as fh:
-        head_identity = json.load(fh)["feature_identity"]
+    meta = read_head_meta(head_dir)
     with FeatureFile(features_path) as ff:
-        check_identity(head_identity, ff.identity(), features_path)
+        check_identity(meta["feature_identity"], ff.identity(), features_path)
         data = ff.read_split(split).clean()
         classes = ff.classes
     check_finite(data.features, f"split {split!r}")
-    scores, _ = _head_scores(head_dir, data.features)
+    scores = _head_scores(head_dir, meta["fusable"], data.features)
     probs = softmax(scores)
     predicted = probs.argmax(axis=1)
     if out_csv:

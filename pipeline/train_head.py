@@ -13,7 +13,7 @@ import torch
 
 from features.data import find_train_split
 from features.store import FeatureFile
-from pipeline.affine import AffineHead, HEAD_FORMAT, HEAD_FORMAT_VERSION, HEAD_META, save_affine
+from pipeline.affine import AffineHead, save_affine, write_head_meta
 from pipeline.heads import HeadTrainingError, TorchLinearHead, affine_of, choose_C, make_estimator
 from pipeline.metrics import classification_report, format_report, save_confusion_png
 
@@ -129,10 +129,7 @@ def train_head(cfg: HeadConfig) -> HeadResult:
         C = float(cfg.C)
     estimator = estimator_for(C)
     fit_started = time.perf_counter()
-    if isinstance(estimator, TorchLinearHead):
-        estimator.fit(train.features, train.labels, n_classes=len(classes))
-    else:
-        estimator.fit(train.features, train.labels)
+    estimator.fit(train.features, train.labels)  # every class has training rows (checked above)
     fit_seconds = time.perf_counter() - fit_started
     total_seconds = time.perf_counter() - started
 
@@ -175,7 +172,7 @@ def train_head(cfg: HeadConfig) -> HeadResult:
         W, b = affine_of(estimator, len(classes))
         save_affine(AffineHead(W, b, classes, identity, cfg.clf, extra), cfg.out_dir)
     else:
-        _save_nonlinear_meta(cfg.out_dir, report["clf"], classes, identity, extra)
+        write_head_meta(cfg.out_dir, report["clf"], classes, identity, extra, arrays_sha256=None)
     with open(os.path.join(cfg.out_dir, "report.json"), "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=2)
     for name, split_report in splits_report.items():
@@ -191,13 +188,6 @@ def _save_estimator(estimator, out_dir: str) -> None:
                     "scaler_scale": torch.as_tensor(estimator.scaler_.scale_)}, os.path.join(out_dir, "linear.pt"))
     else:
         joblib.dump(estimator, os.path.join(out_dir, "estimator.joblib"))
-
-
-def _save_nonlinear_meta(out_dir: str, clf: str, classes: list[str], identity: dict, extra: dict) -> None:
-    meta = {"format": HEAD_FORMAT, "format_version": HEAD_FORMAT_VERSION, "clf": clf, "classes": classes,
-            "feature_identity": identity, "fusable": False, "extra": extra}
-    with open(os.path.join(out_dir, HEAD_META), "w", encoding="utf-8") as fh:
-        json.dump(meta, fh, indent=2, sort_keys=True)
 
 
 def summary_lines(result: HeadResult, out_dir: str) -> list[str]:

@@ -54,7 +54,8 @@ def hymenoptera() -> str:
 
 def run_cli(script: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a top-level script (``run_extract.py``...) or ``-m module`` as a real subprocess."""
-    cmd = [sys.executable, *( ["-m", script[3:]] if script.startswith("-m ") else [os.path.join(REPO, script)] ), *args]
+    target = ["-m", script[3:]] if script.startswith("-m ") else [os.path.join(REPO, script)]
+    cmd = [sys.executable, *target, *args]
     full_env = dict(os.environ, PYTHONPATH=REPO, **(env or {}))
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO)
 
