@@ -129,7 +129,7 @@ def load_affine(head_dir: str) -> AffineHead:
     """
     meta = read_head_meta(head_dir)
     arrays = os.path.join(head_dir, HEAD_ARRAYS)
-    if not meta.get("fusable") or not os.path.exists(arrays):
+    if not meta.get("fusable", True) or not os.path.exists(arrays):
         raise HeadError(f"{head_dir}: this {meta.get('clf')} head is not linear, so it has no affine form to fuse or export")
     if sha256_file(arrays) != meta.get("arrays_sha256"):
         raise HeadError(f"{arrays}: contents do not match the hash in {HEAD_META} (modified or incomplete head)")

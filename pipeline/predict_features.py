@@ -49,7 +49,7 @@ def predict_split(head_dir: str, features_path: str, split: str, out_csv: str | 
         data = ff.read_split(split).clean()
         classes = ff.classes
     check_finite(data.features, f"split {split!r}")
-    scores = _head_scores(head_dir, meta["fusable"], data.features)
+    scores = _head_scores(head_dir, meta.get("fusable", True), data.features)
     probs = softmax(scores)
     predicted = probs.argmax(axis=1)
     if out_csv:
