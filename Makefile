@@ -27,5 +27,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+bench: $(STAMP)
+	PYTHONPATH=. $(PY) benchmarks/run.py
+
+bench-quick: $(STAMP)
+	PYTHONPATH=. $(PY) benchmarks/run.py --quick --out bench_out/BENCHMARKS-quick.md
+
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) bench_out .pytest_cache

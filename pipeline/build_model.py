@@ -94,7 +94,7 @@ def build_model(cfg: BuildConfig, log=print) -> dict:
             log(f"  epoch {h['epoch']}: train loss {loss}, val accuracy {val}, {h['seconds']} s")
         log(f"kept epoch {result.best_epoch} (val accuracy {result.best_val_accuracy}), fine-tuning took {result.seconds:.1f} s")
         finetune_info = {"epochs": cfg.finetune.epochs, "lr": cfg.finetune.lr, "head_lr_mult": cfg.finetune.head_lr_mult,
-                         "freeze_stages": cfg.finetune.freeze_stages, "precision": precision, "device": str(device),
+                         "freeze_stages": cfg.finetune.freeze_stages, "train_bn": cfg.finetune.train_bn, "precision": precision, "device": str(device),
                          "history": result.history, "best_epoch": result.best_epoch,
                          "best_val_accuracy": result.best_val_accuracy, "seconds": round(result.seconds, 1),
                          "resumed_from_epoch": result.resumed_from}

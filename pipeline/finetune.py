@@ -31,6 +31,7 @@ class FinetuneConfig:
     batch_size: int = 16
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    train_bn: bool = True
     workers: int = 0
     seed: int = 0
     resume: bool = False
@@ -79,11 +80,21 @@ def freeze_lowest(model: nn.Module, classifier_slot: str, k: int) -> list[str]:
     return [name for name, _ in frozen]
 
 
-def set_train_mode(model: nn.Module, frozen: list[str]) -> None:
-    """``model.train()`` except for frozen stages, which stay in eval mode."""
+def set_train_mode(model: nn.Module, frozen: list[str], train_bn: bool = True) -> None:
+    """``model.train()`` except for frozen stages, which stay in eval mode.
+
+    With ``train_bn=False`` every BatchNorm layer also stays in eval mode: it normalises
+    with the pretrained running statistics (and keeps them), exactly as during feature
+    extraction, so the fused head sees the features it was trained on; its affine
+    weights still learn.
+    """
     model.train()
     for name in frozen:
         model.get_submodule(name).eval()
+    if not train_bn:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def parameter_groups(model: nn.Module, classifier_slot: str, lr: float, head_lr_mult: float) -> list[dict]:
@@ -193,7 +204,7 @@ def finetune(backbone: Backbone, layout: DatasetLayout, train_split: str, val_sp
     loss_fn = nn.CrossEntropyLoss()
     for epoch in range(start_epoch, cfg.epochs + 1):
         epoch_start = time.perf_counter()
-        set_train_mode(model, frozen)
+        set_train_mode(model, frozen, cfg.train_bn)
         progress = Progress(len(train_loader.dataset), f"epoch {epoch}/{cfg.epochs}", enabled=cfg.progress)
         total_loss, seen = 0.0, 0
         for batch in train_loader:

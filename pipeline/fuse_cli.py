@@ -23,6 +23,8 @@ from pipeline.finetune import FinetuneConfig
 @click.option("--head-lr-mult", default=10.0, show_default=True, type=click.FloatRange(min=0), help="Head lr = lr x this.")
 @click.option("--freeze-stages", default=0, show_default=True, type=click.IntRange(min=0),
               help="Freeze the lowest K stages (weights and BatchNorm statistics).")
+@click.option("--freeze-bn", is_flag=True,
+              help="Keep every BatchNorm layer's pretrained statistics (default: update them from training batches).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -31,11 +33,11 @@ from pipeline.finetune import FinetuneConfig
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue an interrupted fine-tune from MODEL_DIR/checkpoint.pt.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
-def main(head_dir, out_dir, data_root, finetune_epochs, lr, head_lr_mult, freeze_stages, batch_size, workers, device,
-         precision, seed, resume, quiet) -> None:
+def main(head_dir, out_dir, data_root, finetune_epochs, lr, head_lr_mult, freeze_stages, freeze_bn, batch_size, workers,
+         device, precision, seed, resume, quiet) -> None:
     """Fuse a trained head into its backbone, fine-tune end to end (optional), export and verify."""
     ft = FinetuneConfig(epochs=finetune_epochs, lr=lr, head_lr_mult=head_lr_mult, freeze_stages=freeze_stages,
-                        batch_size=batch_size, workers=workers, seed=seed, resume=resume, progress=not quiet)
+                        train_bn=not freeze_bn, batch_size=batch_size, workers=workers, seed=seed, resume=resume, progress=not quiet)
     cfg = BuildConfig(head_dir=head_dir, out_dir=out_dir, data_root=data_root, finetune=ft, device=device,
                       precision=precision)
     try:

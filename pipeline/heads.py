@@ -1,7 +1,7 @@
 """Classifiers trained on cached features: scikit-learn logreg / SVM and a torch ``nn.Linear``.
 
 All linear heads are reduced to one :class:`~pipeline.affine.AffineHead` in raw-feature
-space, with the StandardScaler folded in.
+space, with the feature scaler folded in.
 """
 
 from __future__ import annotations
@@ -22,6 +22,27 @@ from sklearn.svm import SVC, LinearSVC
 from pipeline.affine import binary_to_two_rows, fold_scaler
 
 C_GRID = np.logspace(-5, 2, 15)
+
+
+class FlooredScaler(StandardScaler):
+    """StandardScaler whose per-feature scale is at least ``floor`` x the median scale.
+
+    Pooled CNN features often have near-constant dimensions on a given dataset (ReLU
+    units that never fire on, say, white digit images). Dividing by their tiny standard
+    deviation gives them huge weights once the scaler is folded into the raw-space head,
+    so any later change of those units (another image, or one fine-tuning step) swings
+    the logits wildly. A floor keeps them at ordinary scale; they carry no information
+    in the training data anyway.
+    """
+
+    def __init__(self, *, copy: bool = True, with_mean: bool = True, with_std: bool = True, floor: float = 0.1) -> None:
+        super().__init__(copy=copy, with_mean=with_mean, with_std=with_std)
+        self.floor = floor
+
+    def fit(self, X, y=None, sample_weight=None) -> "FlooredScaler":
+        super().fit(X, y, sample_weight)
+        self.scale_ = np.maximum(self.scale_, self.floor * np.median(self.scale_))
+        return self
 
 
 class HeadTrainingError(Exception):
@@ -60,7 +81,7 @@ class TorchLinearHead:
     def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int | None = None) -> "TorchLinearHead":
         if n_classes is None:
             n_classes = len(self.init[1]) if self.init is not None else int(y.max()) + 1
-        self.scaler_ = StandardScaler().fit(X)
+        self.scaler_ = FlooredScaler().fit(X)
         mean, scale = self.scaler_.mean_, self.scaler_.scale_
         Xs = torch.as_tensor(self.scaler_.transform(X), dtype=torch.float64)
         target = torch.as_tensor(y, dtype=torch.int64)
@@ -132,7 +153,7 @@ def make_estimator(clf: str, C: float, class_weight: str | None, seed: int, kern
         model = SVC(C=C, kernel=kernel, class_weight=class_weight, random_state=seed)
     else:
         raise ValueError(f"unknown classifier {clf!r}")
-    return Pipeline([("scale", StandardScaler()), ("clf", model)])
+    return Pipeline([("scale", FlooredScaler()), ("clf", model)])
 
 
 def affine_of(estimator, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

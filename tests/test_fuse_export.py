@@ -88,6 +88,24 @@ def test_frozen_stages_do_not_change(tmp_path):
         assert not torch.equal(before[key], after[key]), key
 
 
+def test_batchnorm_statistics_kept_unless_train_bn():
+    backbone = load_backbone("tiny_cnn", "none")
+    fuse_head(backbone, _random_head(32, 2))
+    model = backbone.model.requires_grad_(True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(parameter_groups(model, "fc", 0.1, 10), lr=0.1)
+    set_train_mode(model, [], train_bn=False)
+    assert not model.features[1].training and model.features[0].training
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 0, 1])).backward()
+        opt.step()
+    after = model.state_dict()
+    assert torch.equal(before["features.1.running_mean"], after["features.1.running_mean"])
+    assert torch.equal(before["features.4.running_var"], after["features.4.running_var"])
+    assert not torch.equal(before["features.1.weight"], after["features.1.weight"])  # BN affine still learns
+
+
 @pytest.mark.parametrize("name, weights", [("tiny_cnn", "none"), ("efficientnet_lite0", "DEFAULT")])
 def test_export_matches_eager(tmp_path, name, weights):
     backbone = load_backbone(name, weights)

@@ -172,3 +172,16 @@ def test_fixed_C_and_class_weight(blob_file, tmp_path):
     assert r["C"] == 0.3 and r["cv_score"] is None and r["class_weight"] == "balanced"
     with pytest.raises(FeatureFileError):
         train_head(HeadConfig(str(tmp_path / "missing.h5"), str(tmp_path / "h2")))
+
+
+def test_near_constant_features_do_not_get_huge_weights():
+    from pipeline.heads import FlooredScaler
+
+    X, y = blobs(30, 3, 8, seed=4)
+    X = np.column_stack([X, 0.5 + 1e-6 * np.random.default_rng(0).normal(size=len(y))])  # a unit that barely moves
+    scaler = FlooredScaler().fit(X)
+    assert scaler.scale_[-1] == pytest.approx(0.1 * np.median(scaler.scale_[:-1].tolist() + [1e-6]), rel=1e-6)
+    est = make_estimator("logreg", 100.0, None, 0).fit(X, y)
+    W, _ = affine_of(est, 3)
+    # An unfloored StandardScaler would divide that column's weight by ~1e-6.
+    assert np.abs(W[:, -1]).max() < 10 * np.abs(W[:, :-1]).max()

@@ -1,0 +1,131 @@
+"""Sections on stage one: extraction efficiency, memory vs dataset size, bf16 vs fp32."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from benchmarks.common import HYMENOPTERA, run_measured
+from features.store import FeatureFile
+
+_SPLIT_LINE = re.compile(r"^\s+(\S+): (\d+) images, (\d+) rows, \d+ skipped, ([\d.]+) s, [\d.]+ img/s$")
+
+
+def extraction_rate(stdout: str) -> tuple[int, float]:
+    """Images and seconds spent in the extraction loops, parsed from the summary lines."""
+    images = seconds = 0.0
+    for line in stdout.splitlines():
+        m = _SPLIT_LINE.match(line)
+        if m:
+            images += int(m.group(2))
+            seconds += float(m.group(4))
+    return int(images), seconds
+
+
+def full_path(out_dir: str, backbone: str, weights: str, precision: str, batch: int, data: str = HYMENOPTERA,
+              name: str | None = None):
+    out = os.path.join(out_dir, name or f"{backbone}-{precision}-b{batch}.h5")
+    m = run_measured(["run_extract.py", "--data", data, "--backbone", backbone, "--weights", weights,
+                      "--precision", precision, "--batch-size", str(batch), "--out", out, "--overwrite", "--quiet"])
+    images, seconds = extraction_rate(m.stdout)
+    return m, out, images / seconds
+
+
+def forward_only(backbone: str, weights: str, precision: str, batch: int):
+    m = run_measured(["benchmarks/forward_only.py", backbone, weights, precision, str(batch)])
+    return m, float(m.stdout.split()[0])
+
+
+def section_extraction(out_dir: str, quick: bool) -> tuple[list[str], dict, dict]:
+    """Forward-only vs full path, per backbone and precision; batch sweep; peak RSS."""
+    configs = [("efficientnet_lite0", "DEFAULT")] + ([] if quick else [("resnet50", "none")])
+    precisions = ["fp32", "bf16"]
+    lines = ["## 1. Extraction efficiency (hymenoptera, 398 images, batch 32)", "",
+             "Forward-only: the model on preloaded, preprocessed tensors (128 val images). Full path: "
+             "`run_extract.py` (decode, resize, forward, HDF5 write), rate over its extraction loops "
+             "(start-up and model loading excluded; the whole command's wall time is shown too).", "",
+             "| backbone | precision | forward-only img/s | full path img/s | full / forward | command wall s | peak RSS MB |",
+             "|---|---|---|---|---|---|---|"]
+    files, rates, commands = {}, {}, []
+    for backbone, weights in configs:
+        for precision in precisions:
+            fwd, fwd_rate = forward_only(backbone, weights, precision, 32)
+            full, path, full_rate = full_path(out_dir, backbone, weights, precision, 32)
+            files[(backbone, precision)] = path
+            rates[(backbone, precision, "forward")], rates[(backbone, precision, "full")] = fwd_rate, full_rate
+            commands += [fwd.command, full.command]
+            lines.append(f"| {backbone} ({weights}) | {precision} | {fwd_rate:.1f} | {full_rate:.1f} | "
+                         f"{full_rate / fwd_rate:.2f} | {full.seconds:.1f} | {full.peak_rss_mb:.0f} |")
+    lines += ["", "Batch-size sweep, efficientnet_lite0 fp32, full path:", "",
+              "| batch | full path img/s | peak RSS MB |", "|---|---|---|"]
+    for batch in ([] if quick else [8, 16, 64, 128]):
+        m, _, rate = full_path(out_dir, "efficientnet_lite0", "DEFAULT", "fp32", batch)
+        commands.append(m.command)
+        lines.append(f"| {batch} | {rate:.1f} | {m.peak_rss_mb:.0f} |")
+    lines += ["", "Commands:", "", "```"] + commands + ["```", ""]
+    return lines, files, rates
+
+
+def _copies(out_dir: str, factor: int) -> str:
+    """A dataset ``factor`` times hymenoptera's train split, as symlinks (the files are real images)."""
+    root = os.path.join(out_dir, f"hymenoptera_x{factor}")
+    if os.path.isdir(root):
+        return root
+    for split in ("train", "val"):
+        for cls in ("ants", "bees"):
+            src = os.path.join(HYMENOPTERA, split, cls)
+            dst = os.path.join(root, split, cls)
+            os.makedirs(dst)
+            for k in range(factor):
+                for name in sorted(os.listdir(src)):
+                    os.symlink(os.path.join(src, name), os.path.join(dst, f"c{k}_{name}"))
+    return root
+
+
+def section_memory(out_dir: str, quick: bool) -> list[str]:
+    """Peak RSS of extraction at 1x and 10x (or 3x quick) the dataset."""
+    factor = 2 if quick else 10
+    lines = ["## 4. Memory vs dataset size (efficientnet_lite0, bf16 for speed, batch 32)", "",
+             "| dataset | images | peak RSS MB | command wall s |", "|---|---|---|---|"]
+    commands = []
+    for label, data in (("hymenoptera", HYMENOPTERA), (f"hymenoptera x{factor}", _copies(out_dir, factor))):
+        m, _, _ = full_path(out_dir, "efficientnet_lite0", "DEFAULT", "bf16", 32, data=data,
+                            name=f"memory-{os.path.basename(data)}.h5")
+        images, _ = extraction_rate(m.stdout)
+        commands.append(m.command)
+        lines.append(f"| {label} | {images} | {m.peak_rss_mb:.0f} | {m.seconds:.1f} |")
+    lines += ["", "Rows are streamed to HDF5 per batch, so memory does not grow with the number of images.", "",
+              "```"] + commands + ["```", ""]
+    return lines
+
+
+def _cosines(a_path: str, b_path: str) -> np.ndarray:
+    with FeatureFile(a_path) as a, FeatureFile(b_path) as b:
+        xa, xb = a.read_split("val").features, b.read_split("val").features
+    return (xa * xb).sum(1) / (np.linalg.norm(xa, axis=1) * np.linalg.norm(xb, axis=1) + 1e-12)
+
+
+def section_precision(out_dir: str, files: dict, rates: dict) -> list[str]:
+    """bf16 vs fp32: speed ratio, feature cosine, and the same head's val accuracy (Lite0)."""
+    lines = ["## 5. Precision: bf16 autocast vs fp32 on this CPU", "",
+             "| backbone | forward-only bf16/fp32 | full path bf16/fp32 | val cosine min / mean | logreg val acc fp32 | logreg val acc bf16 |",
+             "|---|---|---|---|---|---|"]
+    commands = []
+    for backbone in sorted({b for b, _ in files}):
+        cos = _cosines(files[(backbone, "fp32")], files[(backbone, "bf16")])
+        accs = []
+        if backbone == "efficientnet_lite0":
+            for precision in ("fp32", "bf16"):
+                head = os.path.join(out_dir, f"head-{backbone}-{precision}")
+                m = run_measured(["run_head.py", "--features", files[(backbone, precision)], "--clf", "logreg", "--out", head])
+                commands.append(m.command)
+                accs.append(re.search(r"val: accuracy ([\d.]+)", m.stdout).group(1))
+        else:
+            accs = ["n/a (random weights)"] * 2
+        fwd = rates[(backbone, "bf16", "forward")] / rates[(backbone, "fp32", "forward")]
+        full = rates[(backbone, "bf16", "full")] / rates[(backbone, "fp32", "full")]
+        lines.append(f"| {backbone} | {fwd:.2f}x | {full:.2f}x | {cos.min():.5f} / {cos.mean():.5f} | {accs[0]} | {accs[1]} |")
+    lines += ["", "```"] + commands + ["```", ""]
+    return lines

@@ -1,0 +1,72 @@
+"""Shared helpers: run a command and measure its wall time and peak memory, describe the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HYMENOPTERA = os.path.abspath(os.path.join(REPO, "..", "shared", "data", "hymenoptera_data"))
+
+
+@dataclass
+class Measured:
+    """One command's outcome."""
+
+    command: str
+    seconds: float
+    peak_rss_mb: float
+    stdout: str
+
+
+def run_measured(args: list[str], cwd: str = REPO) -> Measured:
+    """Run ``python ARGS...`` as a child process; wall time and that child's peak RSS.
+
+    Peak RSS comes from ``wait4``'s resource usage of that one child, so earlier
+    children do not leak into it.
+    """
+    cmd = [sys.executable, *args]
+    env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{stderr[-2000:]}")
+    return Measured(shown_command(args), seconds, usage.ru_maxrss / 1024.0, stdout)
+
+
+def shown_command(args: list[str]) -> str:
+    """The command as a user would type it from the repository root."""
+    return "python " + shlex.join([os.path.relpath(a, REPO) if os.path.isabs(a) else a for a in args])
+
+
+def machine_description() -> list[str]:
+    """Lines describing the CPU, cores, memory and library versions."""
+    import torch
+
+    cpu = "unknown CPU"
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
+            text = fh.read()
+        cpu = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
+        flags = ", ".join(f for f in ("avx512_bf16", "amx_bf16", "avx512f") if f in text)
+    except (OSError, StopIteration):
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return [
+        f"- CPU: {cpu}, {os.cpu_count()} cores visible ({flags or 'no bf16 flags'}), {mem_gb:.0f} GiB RAM, no GPU used",
+        f"- Python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} torch threads",
+    ]

@@ -1,0 +1,43 @@
+"""Model-forward-only throughput on preloaded, preprocessed images (no decode, no writes).
+
+``python benchmarks/forward_only.py BACKBONE WEIGHTS PRECISION BATCH`` prints ``img/s``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+
+from benchmarks.common import HYMENOPTERA
+from features.backbones import load_backbone
+from features.data import discover
+from features.devices import autocast
+from features.hooks import capture_features
+from features.images import load_rgb
+
+
+def main(backbone_name: str, weights: str, precision: str, batch: int, n_images: int = 128) -> float:
+    backbone = load_backbone(backbone_name, weights)
+    layout = discover(HYMENOPTERA)
+    tf = backbone.preprocessing.eval_transform()
+    images = [tf(load_rgb(os.path.join(layout.root, s.path))) for s in layout.splits["val"][:n_images]]
+    x = torch.stack(images).contiguous(memory_format=torch.channels_last)
+    model = backbone.model.to(memory_format=torch.channels_last)
+    device = torch.device("cpu")
+    with torch.inference_mode(), capture_features(model, backbone.spec) as capture, autocast(device, precision):
+        model(x[:batch])  # warm-up (first-call allocations, oneDNN primitive creation)
+        capture.pop()
+        start = time.perf_counter()
+        for i in range(0, len(x), batch):
+            model(x[i:i + batch])
+            capture.pop().float().numpy()
+        seconds = time.perf_counter() - start
+    return len(x) / seconds
+
+
+if __name__ == "__main__":
+    rate = main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    print(f"{rate:.2f} img/s")
