@@ -32,9 +32,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """Pick the autocast precision for extraction.
 
     ``auto`` is fp16 autocast on CUDA and fp32 on CPU. bf16 on CPU is available on
-    request: its forward pass is 2-2.6x faster where the CPU has native bf16, and its
-    Lite0 features stay within cosine 0.997 of fp32, but the end-to-end gain is not
-    benchmarked yet, so it is not chosen silently (see the README).
+    request: BENCHMARKS.md section 5 measures 2.2x faster full extraction for Lite0
+    where the CPU has native bf16, with features within cosine 0.997 of fp32, but it
+    does cost accuracy in one measured case (logreg on hymenoptera with 4 augmented
+    views: 0.967 with fp32 features, 0.948 with bf16), so it is not chosen silently.
     """
     if precision == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
