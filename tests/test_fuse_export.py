@@ -65,6 +65,14 @@ def test_parameter_groups_get_their_learning_rates():
     assert [g["lr"] for g in opt.param_groups] == [0.01, 0.1]
 
 
+def _train_steps(model, opt, steps: int = 3) -> None:
+    """A few SGD steps of a 32x32 tiny_cnn on random images."""
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 0, 1])).backward()
+        opt.step()
+
+
 def test_frozen_stages_do_not_change(tmp_path):
     backbone = load_backbone("tiny_cnn", "none")
     names = [n for n, _ in stages(backbone.model, "fc")]
@@ -77,10 +85,7 @@ def test_frozen_stages_do_not_change(tmp_path):
     opt = torch.optim.SGD(parameter_groups(model, "fc", 0.1, 10), lr=0.1, momentum=0.9)
     set_train_mode(model, frozen)
     assert not model.features[1].training and model.features[4].training
-    for _ in range(3):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 0, 1])).backward()
-        opt.step()
+    _train_steps(model, opt)
     after = model.state_dict()
     for key in ("features.0.weight", "features.1.weight", "features.1.running_mean", "features.1.running_var"):
         assert torch.equal(before[key], after[key]), key
@@ -96,10 +101,7 @@ def test_batchnorm_statistics_kept_unless_train_bn():
     opt = torch.optim.SGD(parameter_groups(model, "fc", 0.1, 10), lr=0.1)
     set_train_mode(model, [], train_bn=False)
     assert not model.features[1].training and model.features[0].training
-    for _ in range(3):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 0, 1])).backward()
-        opt.step()
+    _train_steps(model, opt)
     after = model.state_dict()
     assert torch.equal(before["features.1.running_mean"], after["features.1.running_mean"])
     assert torch.equal(before["features.4.running_var"], after["features.4.running_var"])
