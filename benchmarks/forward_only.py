@@ -14,12 +14,13 @@ import torch
 from benchmarks.common import HYMENOPTERA
 from features.backbones import load_backbone
 from features.data import discover
-from features.devices import autocast
+from features.devices import autocast, keep_freed_memory
 from features.hooks import capture_features
 from features.images import load_rgb
 
 
 def main(backbone_name: str, weights: str, precision: str, batch: int, n_images: int = 128) -> float:
+    keep_freed_memory()  # the same allocator setting as the extraction path, so only the pipeline differs
     backbone = load_backbone(backbone_name, weights)
     layout = discover(HYMENOPTERA)
     tf = backbone.preprocessing.eval_transform()

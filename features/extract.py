@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 import features
 from features.backbones import Backbone, load_backbone
 from features.data import DatasetLayout, Sample, discover
-from features.devices import autocast, resolve_device, resolve_precision
+from features.devices import autocast, keep_freed_memory, resolve_device, resolve_precision
 from features.hooks import capture_features
 from features.images import UnreadableImage, load_rgb
 from features.progress import Progress
@@ -293,6 +293,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         return summary
 
     writer = state.writer
+    keep_freed_memory()
     backbone.model.to(device).to(memory_format=torch.channels_last)
     workers = default_workers(device) if cfg.workers is None else cfg.workers
     try:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from features.data import DatasetError, discover, find_train_split
-from features.devices import resolve_device, resolve_train_precision
+from features.devices import keep_freed_memory, resolve_device, resolve_train_precision
 from pipeline.affine import HeadError, load_affine
 from pipeline.export import export_model, write_sidecar
 from pipeline.finetune import FinetuneConfig, LabelledImages, finetune
@@ -85,6 +85,7 @@ def build_model(cfg: BuildConfig, log=print) -> dict:
             raise DatasetError(f"{root} has no training split to fine-tune on")
         device = resolve_device(cfg.device)
         precision = resolve_train_precision(cfg.precision, device)
+        keep_freed_memory()
         log(f"fine-tuning {cfg.finetune.epochs} epochs on {train_split} ({len(layout.splits[train_split])} images), "
             f"device {device}, precision {precision}")
         result = finetune(backbone, layout, train_split, val_split, cfg.finetune, device, precision, cfg.out_dir)

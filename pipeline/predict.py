@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import click
 import torch
 
+from features.devices import keep_freed_memory
 from features.images import UnreadableImage, load_rgb
 from features.preprocessing import Preprocessing
 from pipeline.export import EXPORTED_PROGRAM, SIDECAR
@@ -61,6 +62,7 @@ def predict_images(model_dir: str, paths: list[str], top_k: int = 1, batch_size:
     predictions : list of Prediction
     skipped : list of (path, reason)
     """
+    keep_freed_memory()
     model, sidecar = load_exported(model_dir)
     transform = Preprocessing.from_json(json.dumps(sidecar["preprocessing"])).eval_transform()
     classes = sidecar["classes"]
