@@ -9,6 +9,7 @@ import click
 
 from features.backbones import BackboneError, backbone_table
 from features.data import DatasetError
+from features.distributed import shard_from_env
 from features.extract import ExtractConfig, ExtractionError, extract
 from features.store import FeatureFileError
 
@@ -42,7 +43,11 @@ def _fail(message: str, code: int = 2) -> None:
 @click.option("--list-backbones", is_flag=True, help="List the registered backbones and exit.")
 def main(data_root, backbone, weights, out_path, batch_size, workers, device, precision, dtype, views, val_fraction,
          seed, overwrite, limit, quiet, list_backbones) -> None:
-    """Extract pooled features of a frozen pretrained backbone into an HDF5 file (stage one)."""
+    """Extract pooled features of a frozen pretrained backbone into an HDF5 file (stage one).
+
+    Launched with torchrun, each process extracts a block of every split and rank 0
+    merges the blocks into --out (see the README's "Scaling out").
+    """
     if list_backbones:
         click.echo("\n".join(backbone_table()))
         return
@@ -50,10 +55,14 @@ def main(data_root, backbone, weights, out_path, batch_size, workers, device, pr
         _fail("--data ROOT is required (or use --list-backbones)")
     if out_path is None:
         out_path = f"{os.path.basename(os.path.normpath(data_root))}-{backbone}.h5"
+    try:
+        shard = shard_from_env(os.environ)
+    except ValueError as exc:
+        _fail(str(exc))
     cfg = ExtractConfig(data_root=data_root, out_path=out_path, backbone=backbone, weights=weights,
                         batch_size=batch_size, workers=workers, device=device, precision=precision, dtype=dtype,
                         views=views, val_fraction=val_fraction, seed=seed, overwrite=overwrite, limit=limit,
-                        progress=not quiet)
+                        progress=not quiet, shard=shard)
     try:
         summary = extract(cfg)
     except (DatasetError, BackboneError, FeatureFileError, ValueError) as exc:
@@ -62,7 +71,10 @@ def main(data_root, backbone, weights, out_path, batch_size, workers, device, pr
         _fail(str(exc), code=1)
     except KeyboardInterrupt:
         _fail(f"interrupted; rerun the same command to resume {out_path}", code=130)
-    click.echo("\n".join(summary.lines()))
+    if summary.status == "shard written":
+        click.echo(f"rank {shard.rank}: shard complete, {summary.path}")
+    else:
+        click.echo("\n".join(summary.lines()))
 
 
 if __name__ == "__main__":

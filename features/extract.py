@@ -20,10 +20,11 @@ import features
 from features.backbones import Backbone, load_backbone
 from features.data import DatasetLayout, Sample, discover
 from features.devices import autocast, keep_freed_memory, resolve_device, resolve_precision
+from features.distributed import Shard, gather_from_ranks, process_group, shard_device
 from features.hooks import capture_features
 from features.images import UnreadableImage, load_rgb
 from features.progress import Progress
-from features.store import open_writer
+from features.store import FeatureWriter, final_file_up_to_date, merge_shards, open_writer
 
 
 class ExtractionError(Exception):
@@ -35,7 +36,8 @@ class ExtractConfig:
     """Everything one extraction run depends on (the CLI fills this from its options).
 
     Attributes mirror ``run_extract.py``'s options; ``workers=None`` picks a default
-    suited to the device (see :func:`default_workers`).
+    suited to the device (see :func:`default_workers`). ``shard`` is this process's
+    place in a multi-process run (``torchrun``); ``None`` for a single process.
     """
 
     data_root: str
@@ -53,6 +55,7 @@ class ExtractConfig:
     overwrite: bool = False
     limit: int | None = None
     progress: bool = True
+    shard: Shard | None = None
 
 
 @dataclass
@@ -125,13 +128,15 @@ def view_seed(seed: int, split: str, image_index: int, view: int) -> int:
 class ImageRows(Dataset):
     """Decodes candidate files into one clean tensor plus ``views`` augmented ones.
 
-    Items are ``(image_index, tensor_or_None, reason_or_None)``; unreadable files
+    Items are ``(index into samples, tensor_or_None, reason_or_None)``; unreadable files
     yield ``None`` and the reason instead of raising, so one bad file never stops a run.
+    ``offset`` is the split-wide index of ``samples[0]`` (non-zero for a shard), so views
+    are seeded by the image's place in the whole split.
     """
 
-    def __init__(self, root: str, split: str, samples: list[Sample], first: int, backbone: Backbone,
+    def __init__(self, root: str, split: str, samples: list[Sample], first: int, offset: int, backbone: Backbone,
                  views: int, seed: int) -> None:
-        self.root, self.split, self.samples, self.first = root, split, samples, first
+        self.root, self.split, self.samples, self.first, self.offset = root, split, samples, first, offset
         self.eval_tf = backbone.preprocessing.eval_transform()
         self.train_tf = backbone.preprocessing.train_transform()
         self.views, self.seed = views, seed
@@ -148,7 +153,7 @@ class ImageRows(Dataset):
         tensors = [self.eval_tf(img)]
         for v in range(1, self.views + 1):
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(view_seed(self.seed, self.split, index, v))
+                torch.manual_seed(view_seed(self.seed, self.split, self.offset + index, v))
                 tensors.append(self.train_tf(img))
         return index, torch.stack(tensors), None
 
@@ -199,15 +204,16 @@ def _file_attrs(cfg: ExtractConfig, layout: DatasetLayout, splits: dict[str, lis
     }
 
 
-def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample], backbone: Backbone,
+def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample], offset: int, backbone: Backbone,
                device: torch.device, precision: str, views: int, cfg: ExtractConfig, workers: int) -> tuple[int, float]:
-    """Extract the unfinished part of one split; returns (images processed, seconds)."""
+    """Extract the unfinished part of one split (or of this rank's block of it, starting at
+    split index ``offset``); returns (images processed, seconds)."""
     first = writer.done_images(split)
-    dataset = ImageRows(layout.root, split, samples, first, backbone, views, cfg.seed)
+    dataset = ImageRows(layout.root, split, samples, first, offset, backbone, views, cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
                         collate_fn=_keep_as_list, pin_memory=device.type == "cuda",
                         worker_init_fn=_single_threaded_worker, prefetch_factor=4 if workers else None)
-    progress = Progress(len(dataset), f"{split}", enabled=cfg.progress)
+    progress = Progress(len(dataset), f"{split}", enabled=cfg.progress and (cfg.shard is None or cfg.shard.rank == 0))
     started = time.perf_counter()
     model = backbone.model
     with torch.inference_mode(), capture_features(model, backbone.spec) as capture:
@@ -224,14 +230,14 @@ def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample],
                     model(x)
                 feats = capture.pop().float().cpu().numpy()
                 per_image = views + 1
-                rows_index = np.repeat([idx for idx, _ in good], per_image).astype(np.int64)
+                rows_index = np.repeat([idx for idx, _ in good], per_image).astype(np.int64)  # into samples
                 rows_view = np.tile(np.arange(per_image, dtype=np.int16), len(good))
             writer.commit(
                 split,
                 features=feats,
                 labels=np.array([samples[i].label for i in rows_index], dtype=np.int64),
                 paths=[samples[i].path for i in rows_index],
-                image_index=rows_index,
+                image_index=rows_index + offset,
                 view=rows_view,
                 skipped=skipped,
                 done_images=batch[-1][0] + 1,
@@ -245,6 +251,10 @@ def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample],
 def extract(cfg: ExtractConfig) -> ExtractSummary:
     """Extract features for every split of ``cfg.data_root`` into ``cfg.out_path``.
 
+    With ``cfg.shard`` set (one process of a ``torchrun`` launch), this process
+    extracts its block of every split into its own shard file, waits for the other
+    ranks, and rank 0 merges the shards into ``cfg.out_path``.
+
     Parameters
     ----------
     cfg : ExtractConfig
@@ -252,8 +262,9 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     Returns
     -------
     ExtractSummary
-        ``status`` is ``"written"``, ``"resumed and written"`` or ``"nothing to do"`` (a
-        complete file with the same configuration already exists).
+        ``status`` is ``"written"``, ``"resumed and written"``, ``"nothing to do"`` (a
+        complete file with the same configuration already exists) or, on ranks other
+        than 0, ``"shard written"``.
 
     Raises
     ------
@@ -268,6 +279,8 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     if cfg.dtype not in ("float32", "float16"):
         raise ValueError(f"--dtype must be float32 or float16, got {cfg.dtype!r}")
     device = resolve_device(cfg.device)
+    if cfg.shard is not None:
+        device = shard_device(cfg.shard, device)
     precision = resolve_precision(cfg.precision, device)
     layout = discover(cfg.data_root, cfg.val_fraction, cfg.seed)
     splits = {name: s[: cfg.limit] if cfg.limit else s for name, s in layout.splits.items()}
@@ -277,40 +290,119 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
 
     backbone = load_backbone(cfg.backbone, cfg.weights)
     attrs = _file_attrs(cfg, layout, splits, backbone, views_split, precision)
-    state = open_writer(cfg.out_path, attrs, {n: len(s) for n, s in splits.items()}, backbone.feature_dim,
-                        cfg.dtype, cfg.overwrite)
-    status = {"new": "written", "resumed": "resumed and written", "up_to_date": "nothing to do"}[state.status]
-    summary = ExtractSummary(cfg.out_path, status,
-                             backbone.spec.name, backbone.weights.identity, backbone.feature_dim, str(device),
-                             precision, layout.classes)
-    if state.note:
-        summary.notes.append(state.note)
+    summary = ExtractSummary(cfg.out_path, "", backbone.spec.name, backbone.weights.identity, backbone.feature_dim,
+                             str(device), precision, layout.classes)
     for path in layout.unusual_extensions():
         summary.notes.append(f"note: {path} has an uncommon extension; it is decoded by content like every file")
     for split, empty in layout.empty_classes.items():
         summary.notes.append(f"warning: {split} has empty class folders: {', '.join(empty)}")
-    if state.writer is None:
-        return summary
+    run = _SplitRunner(cfg, layout, backbone, device, precision, views_split)
+    if cfg.shard is None:
+        return _extract_single(cfg, splits, attrs, run, summary)
+    with process_group(device):
+        return _extract_sharded(cfg, cfg.shard, splits, attrs, run, summary)
 
-    writer = state.writer
-    keep_freed_memory()
-    backbone.model.to(device).to(memory_format=torch.channels_last)
-    workers = default_workers(device) if cfg.workers is None else cfg.workers
-    try:
+
+@dataclass
+class _SplitRunner:
+    """What every split's extraction loop shares; calling it runs the unfinished splits."""
+
+    cfg: ExtractConfig
+    layout: DatasetLayout
+    backbone: Backbone
+    device: torch.device
+    precision: str
+    views_split: str | None
+
+    def __call__(self, writer: FeatureWriter, splits: dict[str, list[Sample]],
+                 offsets: dict[str, int]) -> dict[str, tuple[int, float]]:
+        """Extract every unfinished split into ``writer``; returns (images processed, seconds) per split."""
+        keep_freed_memory()
+        self.backbone.model.to(self.device).to(memory_format=torch.channels_last)
+        workers = default_workers(self.device) if self.cfg.workers is None else self.cfg.workers
         timings = {}
         for split, samples in splits.items():
             if not writer.split_complete(split):
-                views = cfg.views if split == views_split else 0
-                timings[split] = _run_split(writer, split, layout, samples, backbone, device, precision, views, cfg, workers)
+                views = self.cfg.views if split == self.views_split else 0
+                timings[split] = _run_split(writer, split, self.layout, samples, offsets[split], self.backbone,
+                                            self.device, self.precision, views, self.cfg, workers)
+        return timings
+
+
+def _finish(writer: FeatureWriter, summary: ExtractSummary, splits: dict[str, list[Sample]],
+            timings: dict[str, tuple[int, float]], root: str) -> None:
+    """Count what was written, refuse an empty result, and finalise the file."""
+    for split in splits:
+        n_images, rows, skipped = writer.counts(split)
+        processed, seconds = timings.get(split, (0, 0.0))
+        summary.splits.append(SplitSummary(split, n_images, rows, skipped, processed, seconds))
+    if sum(s.rows for s in summary.splits) == 0:
+        writer.discard()
+        reasons = "; ".join(f"{p}: {r}" for s in summary.splits for p, r in s.skipped[:3])
+        raise ExtractionError(f"no image under {root} could be read ({reasons})")
+    summary.path = writer.finalize()
+
+
+def _extract_single(cfg: ExtractConfig, splits: dict[str, list[Sample]], attrs: dict, run: _SplitRunner,
+                    summary: ExtractSummary) -> ExtractSummary:
+    state = open_writer(cfg.out_path, attrs, {n: len(s) for n, s in splits.items()}, run.backbone.feature_dim,
+                        cfg.dtype, cfg.overwrite)
+    summary.status = {"new": "written", "resumed": "resumed and written", "up_to_date": "nothing to do"}[state.status]
+    if state.note:
+        summary.notes.insert(0, state.note)
+    if state.writer is None:
+        return summary
+    try:
+        timings = run(state.writer, splits, {split: 0 for split in splits})
+        _finish(state.writer, summary, splits, timings, run.layout.root)
+    finally:
+        state.writer.close()
+    return summary
+
+
+def _extract_sharded(cfg: ExtractConfig, shard: Shard, splits: dict[str, list[Sample]], attrs: dict,
+                     run: _SplitRunner, summary: ExtractSummary) -> ExtractSummary:
+    dim = run.backbone.feature_dim
+    if final_file_up_to_date(cfg.out_path, attrs, cfg.overwrite):  # every rank sees the same file
+        summary.status = "nothing to do"
+        return summary
+    blocks = {split: shard.block(len(s)) for split, s in splits.items()}
+    # The shard's own identity includes its place, so a rerun with another world size starts afresh.
+    shard_attrs = dict(attrs, config=json.dumps(dict(json.loads(attrs["config"]), shard=[shard.rank, shard.world_size]),
+                                                sort_keys=True))
+    state = open_writer(shard.path(cfg.out_path), shard_attrs, {split: b - a for split, (a, b) in blocks.items()},
+                        dim, cfg.dtype, cfg.overwrite)
+    timings = {}
+    if state.writer is not None:
+        try:
+            mine = {split: splits[split][a:b] for split, (a, b) in blocks.items()}
+            timings = run(state.writer, mine, {split: a for split, (a, b) in blocks.items()})
+            state.writer.finalize()
+        finally:
+            state.writer.close()
+    every_rank = gather_from_ranks(timings)  # also the barrier: all shards are complete after it
+    if shard.rank != 0:
+        summary.status = "shard written"
+        summary.path = shard.path(cfg.out_path)
+        return summary
+
+    merged = {}
+    for split in splits:
+        # Ranks run side by side: images add up, the elapsed time is the slowest rank's.
+        parts = [t[split] for t in every_rank if split in t]
+        merged[split] = (sum(p for p, _ in parts), max((sec for _, sec in parts), default=0.0))
+    writer = open_writer(cfg.out_path, attrs, {n: len(s) for n, s in splits.items()}, dim, cfg.dtype, True).writer
+    try:
+        offsets = {split: [Shard(r, shard.world_size, 0).block(len(s))[0] for r in range(shard.world_size)]
+                   for split, s in splits.items()}
+        merge_shards(writer, shard.all_paths(cfg.out_path), offsets)
         for split in splits:
-            n_images, rows, skipped = writer.counts(split)
-            processed, seconds = timings.get(split, (0, 0.0))
-            summary.splits.append(SplitSummary(split, n_images, rows, skipped, processed, seconds))
-        if sum(s.rows for s in summary.splits) == 0:
-            writer.discard()
-            reasons = "; ".join(f"{p}: {r}" for s in summary.splits for p, r in s.skipped[:3])
-            raise ExtractionError(f"no image under {layout.root} could be read ({reasons})")
-        summary.path = writer.finalize()
+            writer.finish_split(split)
+        _finish(writer, summary, splits, merged, run.layout.root)
     finally:
         writer.close()
+    for path in shard.all_paths(cfg.out_path):
+        os.remove(path)
+    summary.status = "written"
+    summary.notes.append(f"note: {shard.world_size} processes; shards merged in rank order into {cfg.out_path}")
     return summary

@@ -198,6 +198,26 @@ class WriterState:
     note: str = ""
 
 
+def final_file_up_to_date(path: str, attrs: dict, overwrite: bool) -> bool:
+    """Whether a complete file made with the same configuration already exists at ``path``.
+
+    Raises
+    ------
+    ConfigMismatch
+        A file exists there that differs (or is unreadable) and ``overwrite`` is false.
+    """
+    if not os.path.exists(path) or overwrite:
+        return False
+    try:
+        with h5py.File(path, "r") as h5:
+            bad = _mismatches(h5.attrs, attrs)
+            if not bad and h5.attrs.get("complete"):
+                return True
+    except OSError:
+        bad = ["not a readable HDF5 file"]
+    raise ConfigMismatch(f"{path} exists and differs ({', '.join(bad or ['incomplete'])}); pass --overwrite to replace it")
+
+
 def open_writer(path: str, attrs: dict, split_sizes: dict[str, int], feature_dim: int, dtype: str,
                 overwrite: bool) -> WriterState:
     """Create a feature file, resume a partial one, or report that it is already done.
@@ -233,15 +253,8 @@ def open_writer(path: str, attrs: dict, split_sizes: dict[str, int], feature_dim
         raise FeatureFileError(f"output path {path!r} is a folder")
     partial = path + PARTIAL_SUFFIX
 
-    if os.path.exists(path) and not overwrite:
-        try:
-            with h5py.File(path, "r") as h5:
-                bad = _mismatches(h5.attrs, attrs)
-                if not bad and h5.attrs.get("complete"):
-                    return WriterState("up_to_date", None, f"{path} is complete and was made with the same configuration")
-        except OSError:
-            bad = ["not a readable HDF5 file"]
-        raise ConfigMismatch(f"{path} exists and differs ({', '.join(bad)}); pass --overwrite to replace it")
+    if final_file_up_to_date(path, attrs, overwrite):
+        return WriterState("up_to_date", None, f"{path} is complete and was made with the same configuration")
 
     note = ""
     if os.path.exists(partial) and not overwrite:
@@ -265,6 +278,47 @@ def open_writer(path: str, attrs: dict, split_sizes: dict[str, int], feature_dim
     if os.path.exists(path):
         os.remove(path)  # only reached with overwrite: the old file is no longer valid
     return WriterState("new", FeatureWriter(h5, path), note)
+
+
+MERGE_ROWS = 4096  # rows copied per step when merging shards: bounded memory for any file size
+
+
+def merge_shards(writer: FeatureWriter, shard_paths: list[str], image_offsets: dict[str, list[int]]) -> None:
+    """Stream complete shard files, in the given order, into an empty ``writer``.
+
+    Parameters
+    ----------
+    writer : FeatureWriter
+        A new file with the final attributes and the full per-split image counts.
+    shard_paths : list of str
+        Complete shard files; shard ``k`` holds images ``image_offsets[split][k]``
+        onwards of every split, with global ``image_index`` values already.
+    image_offsets : dict of str to list of int
+        Per split, the first image index of each shard.
+
+    Rows are copied ``MERGE_ROWS`` at a time, so memory does not grow with the file.
+    The writer is left unfinalised: the caller decides whether the result is usable.
+    """
+    for k, shard_path in enumerate(shard_paths):
+        with FeatureFile(shard_path) as shard:
+            for split in shard.splits:
+                g = shard._h5[split]
+                n, done_before = shard.n_rows(split), image_offsets[split][k]
+                skipped = list(zip(g["skipped_paths"].asstr()[...], g["skipped_reasons"].asstr()[...]))
+                last_start = max(n - 1, 0) // MERGE_ROWS * MERGE_ROWS
+                for start in range(0, max(n, 1), MERGE_ROWS):
+                    rows = slice(start, min(start + MERGE_ROWS, n))
+                    last = start == last_start
+                    writer.commit(
+                        split,
+                        features=g["features"][rows],
+                        labels=g["labels"][rows],
+                        paths=list(g["paths"].asstr()[rows]),
+                        image_index=g["image_index"][rows],
+                        view=g["view"][rows],
+                        skipped=skipped if last else [],
+                        done_images=done_before + (int(g.attrs["n_images"]) if last else 0),
+                    )
 
 
 # --------------------------------------------------------------------------- reading
