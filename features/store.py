@@ -467,6 +467,15 @@ class FeatureFile:
             skipped=list(zip(g["skipped_paths"].asstr()[...], g["skipped_reasons"].asstr()[...])),
         )
 
+    def read_features_into(self, split: str, start: int, stop: int, out: np.ndarray) -> None:
+        """Read feature rows ``start:stop`` straight into ``out`` (float32, ``stop - start`` rows): no temporary copy."""
+        self._h5[split]["features"].read_direct(out, np.s_[start:stop])
+
+    def read_columns(self, split: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``labels``, ``image_index`` and ``view`` of rows ``start:stop``."""
+        g = self._h5[split]
+        return g["labels"][start:stop], g["image_index"][start:stop], g["view"][start:stop]
+
     def close(self) -> None:
         self._h5.close()
 

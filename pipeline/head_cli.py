@@ -10,6 +10,7 @@ from features.store import FeatureFileError
 from pipeline.affine import HeadError
 from pipeline.heads import HeadTrainingError
 from pipeline.predict_features import predict_split
+from pipeline.streaming import parse_memory
 from pipeline.train_head import HeadConfig, summary_lines, train_head
 
 _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -32,6 +33,15 @@ def _parse_C(_ctx, _param, value: str) -> str | float:
     return C
 
 
+def _parse_memory(_ctx, _param, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_memory(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command(context_settings=_SETTINGS)
 @click.option("--features", "features_path", required=True, help="Complete feature file from run_extract.py.")
 @click.option("--clf", type=click.Choice(["svm", "logreg", "linear"]), default="logreg", show_default=True)
@@ -46,12 +56,16 @@ def _parse_C(_ctx, _param, value: str) -> str | float:
               help="svm only; non-linear kernels cannot be fused into the backbone.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--n-jobs", default=-1, show_default=True, type=int, help="joblib workers for the C sweep (-1: all cores).")
+@click.option("--max-memory", default=None, callback=_parse_memory,
+              help="Stream the training rows in chunks when they exceed this (512M, 4G) [default: half of RAM].")
+@click.option("--passes", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Streaming mode only: passes of minibatch training over the rows.")
 @click.option("--out", "out_dir", default="head", show_default=True, help="HEAD_DIR to write.")
-def fit(features_path, clf, C, cv, class_weight, init, epochs, kernel, seed, n_jobs, out_dir) -> None:
+def fit(features_path, clf, C, cv, class_weight, init, epochs, kernel, seed, n_jobs, max_memory, passes, out_dir) -> None:
     """Train a classifier on cached features (stage two). `run_head.py predict --help` applies one."""
     cfg = HeadConfig(features_path=features_path, out_dir=out_dir, clf=clf, C=C, cv=cv,
                      class_weight=None if class_weight == "none" else class_weight, init=init, epochs=epochs,
-                     seed=seed, n_jobs=n_jobs, kernel=kernel)
+                     seed=seed, n_jobs=n_jobs, kernel=kernel, max_memory=max_memory, passes=passes)
     try:
         result = train_head(cfg)
     except (FeatureFileError, HeadTrainingError, HeadError, ValueError) as exc:

@@ -16,6 +16,8 @@ from features.store import FeatureFile
 from pipeline.affine import AffineHead, save_affine, write_head_meta
 from pipeline.heads import HeadTrainingError, TorchLinearHead, affine_of, choose_C, make_estimator
 from pipeline.metrics import classification_report, format_report, save_confusion_png
+from pipeline.streaming import (STREAMING_C_GRID, PeakMemory, RowStream, chunk_rows_for, default_max_memory,
+                                fit_streaming, human_bytes, matrix_bytes)
 
 
 @dataclass
@@ -33,6 +35,8 @@ class HeadConfig:
     seed: int = 0
     n_jobs: int = -1
     kernel: str = "linear"
+    max_memory: int | None = None  # bytes; None: half of physical memory
+    passes: int = 10  # streaming mode only
 
 
 @dataclass
@@ -67,8 +71,31 @@ def _imagenet_init(feature_file: FeatureFile, classes: list[str]) -> tuple[tuple
     return (W0, b0), matched
 
 
+@dataclass
+class _Fitted:
+    """What either fitting mode hands to the report."""
+
+    C: float
+    selection: str
+    cv_score: float | None
+    cv_folds: int | None
+    curve: list[tuple[float, float]] | None
+    fit_seconds: float
+    train_rows: int
+    train_images: int
+    has_views: bool
+    splits: dict
+    affine: tuple[np.ndarray, np.ndarray] | None
+    estimator: object | None = None
+    chunk_rows: int | None = None
+
+
 def train_head(cfg: HeadConfig) -> HeadResult:
     """Fit the head described by ``cfg`` and write ``cfg.out_dir``.
+
+    The training rows are loaded into memory when they fit in ``cfg.max_memory``;
+    otherwise they are streamed from the file in chunks (:mod:`pipeline.streaming`).
+    The report's ``mode`` says which ran.
 
     Parameters
     ----------
@@ -91,95 +118,145 @@ def train_head(cfg: HeadConfig) -> HeadResult:
         raise ValueError("--init imagenet applies to --clf linear only")
     if cfg.clf == "svm" and cfg.kernel != "linear" and cfg.init != "none":
         raise ValueError("--init is not available for kernel SVMs")
+    max_memory = cfg.max_memory if cfg.max_memory is not None else default_max_memory()
     notes: list[str] = []
+    started = time.perf_counter()
+    peak = PeakMemory()
     with FeatureFile(cfg.features_path) as ff:
         classes = ff.classes
         train_split = find_train_split(ff.splits)
         if train_split is None:
             raise HeadTrainingError(f"{cfg.features_path}: no training split among {', '.join(ff.splits)}")
-        train = ff.read_split(train_split)
-        check_finite(train.features, f"split {train_split!r}")
-        present = np.unique(train.labels)
-        if len(present) < 2:
-            raise HeadTrainingError(f"split {train_split!r} has a single class ({classes[present[0]] if len(present) else 'none'}); a classifier needs two or more")
-        absent = [classes[i] for i in range(len(classes)) if i not in set(present)]
-        if absent:
-            raise HeadTrainingError(f"classes without training rows: {', '.join(absent)}")
+        streaming = matrix_bytes(ff.n_rows(train_split), ff.feature_dim) > max_memory
+        if streaming and cfg.clf == "svm" and cfg.kernel != "linear":
+            raise ValueError(f"a {cfg.kernel} kernel SVM needs the training rows in memory "
+                             f"({human_bytes(matrix_bytes(ff.n_rows(train_split), ff.feature_dim))} > --max-memory); "
+                             "raise --max-memory or use --kernel linear")
         init, matched = None, {}
         if cfg.init == "imagenet":
             init, matched = _imagenet_init(ff, classes)
             notes.append(f"--init imagenet matched {len(matched)}/{len(classes)} classes: "
                          + ", ".join(f"{k} -> ImageNet {v}" for k, v in matched.items()))
-        eval_splits = {name: ff.read_split(name).clean() for name in ff.splits if name != train_split}
         identity = ff.identity()
         data_root = ff.data_root
-        has_views = bool((train.view > 0).any())
+        peak.start()
+        if streaming:
+            fitted = _fit_streaming(cfg, ff, train_split, classes, init, max_memory)
+        else:
+            fitted = _fit_in_memory(cfg, ff, train_split, classes, init, notes)
+        memory_growth = peak.growth()
+    total_seconds = time.perf_counter() - started
+    if not fitted.splits:
+        notes.append(f"no split besides {train_split!r}: only the {'held-out' if streaming else 'cross-validated'} "
+                     "estimate is reported")
+
+    fusable = not (cfg.clf == "svm" and cfg.kernel != "linear")
+    report = {
+        "clf": cfg.clf if fusable else f"svm-{cfg.kernel}",
+        "mode": "streaming" if streaming else "in-memory",
+        "max_memory_bytes": max_memory,
+        "peak_memory_growth_bytes": memory_growth,
+        "chunk_rows": fitted.chunk_rows,
+        "passes": cfg.passes if streaming else None,
+        "C": fitted.C,
+        "C_selection": fitted.selection,
+        "cv_score": fitted.cv_score,
+        "cv_folds": fitted.cv_folds,
+        "cv_curve": [{"C": c, "accuracy": s} for c, s in fitted.curve] if fitted.curve else None,
+        "fit_seconds": round(fitted.fit_seconds, 3),
+        "total_seconds": round(total_seconds, 3),
+        "train_split": train_split,
+        "train_rows": fitted.train_rows,
+        "train_images": fitted.train_images,
+        "augmented_views_used": fitted.has_views,
+        "class_weight": cfg.class_weight,
+        "init": cfg.init,
+        "imagenet_matches": matched or None,
+        "epochs": cfg.epochs if cfg.clf == "linear" and not streaming else None,
+        "seed": cfg.seed,
+        "fusable": fusable,
+        "features": os.path.abspath(cfg.features_path),
+        "feature_identity": {k: v for k, v in identity.items() if k != "weights_source"},
+        "splits": fitted.splits,
+    }
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    if fitted.estimator is not None:
+        _save_estimator(fitted.estimator, cfg.out_dir)
+    extra = {"data_root": data_root, "C": fitted.C, "train_split": train_split}
+    if fusable:
+        save_affine(AffineHead(*fitted.affine, classes, identity, cfg.clf, extra), cfg.out_dir)
+    else:
+        write_head_meta(cfg.out_dir, report["clf"], classes, identity, extra, arrays_sha256=None)
+    with open(os.path.join(cfg.out_dir, "report.json"), "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2)
+    for name, split_report in fitted.splits.items():
+        png = save_confusion_png(split_report, classes, os.path.join(cfg.out_dir, f"confusion_{name}.png"))
+        if png:
+            notes.append(f"confusion matrix: {png}")
+    return HeadResult(report, notes)
+
+
+def _fit_in_memory(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: list[str], init, notes: list[str]) -> _Fitted:
+    """Load the training split, choose C by K-fold CV, fit, and evaluate the other splits."""
+    train = ff.read_split(train_split)
+    check_finite(train.features, f"split {train_split!r}")
+    present = np.unique(train.labels)
+    if len(present) < 2:
+        raise HeadTrainingError(f"split {train_split!r} has a single class ({classes[present[0]] if len(present) else 'none'}); a classifier needs two or more")
+    absent = [classes[i] for i in range(len(classes)) if i not in set(present)]
+    if absent:
+        raise HeadTrainingError(f"classes without training rows: {', '.join(absent)}")
 
     def estimator_for(C: float):
         return make_estimator(cfg.clf, C, cfg.class_weight, cfg.seed, cfg.kernel, cfg.epochs, init)
 
     clean = train.view == 0
-    started = time.perf_counter()
     cv = None
     if cfg.C == "auto":
         cv = choose_C(estimator_for, train.features, train.labels, train.image_index, clean, cfg.cv, cfg.seed, cfg.n_jobs)
         notes += cv.warnings
-        C = cv.C
-    else:
-        C = float(cfg.C)
+    C = cv.C if cv else float(cfg.C)
     estimator = estimator_for(C)
     fit_started = time.perf_counter()
     estimator.fit(train.features, train.labels)  # every class has training rows (checked above)
     fit_seconds = time.perf_counter() - fit_started
-    total_seconds = time.perf_counter() - started
+    splits = {}
+    for name in ff.splits:
+        if name != train_split:
+            data = ff.read_split(name).clean()
+            check_finite(data.features, f"split {name!r}")
+            splits[name] = classification_report(data.labels, estimator.predict(data.features), classes)
+    linear = not (cfg.clf == "svm" and cfg.kernel != "linear")
+    return _Fitted(C, "cross-validation on the training split" if cv else "fixed",
+                   cv.cv_score if cv else None, cv.folds if cv else None, cv.grid if cv else None, fit_seconds,
+                   int(len(train.labels)), int(clean.sum()), bool((train.view > 0).any()), splits,
+                   affine_of(estimator, len(classes)) if linear else None, estimator)
 
-    fusable = not (cfg.clf == "svm" and cfg.kernel != "linear")
-    splits_report = {}
-    for name, data in eval_splits.items():
-        check_finite(data.features, f"split {name!r}")
-        predicted = estimator.predict(data.features)
-        splits_report[name] = classification_report(data.labels, predicted, classes)
-    if not eval_splits:
-        notes.append(f"no split besides {train_split!r}: only the cross-validated estimate is reported")
 
-    report = {
-        "clf": cfg.clf if fusable else f"svm-{cfg.kernel}",
-        "C": C,
-        "C_selection": "cross-validation on the training split" if cv else "fixed",
-        "cv_score": cv.cv_score if cv else None,
-        "cv_folds": cv.folds if cv else None,
-        "cv_curve": [{"C": c, "accuracy": s} for c, s in cv.grid] if cv else None,
-        "fit_seconds": round(fit_seconds, 3),
-        "total_seconds": round(total_seconds, 3),
-        "train_split": train_split,
-        "train_rows": int(len(train.labels)),
-        "train_images": int(clean.sum()),
-        "augmented_views_used": has_views,
-        "class_weight": cfg.class_weight,
-        "init": cfg.init,
-        "imagenet_matches": matched or None,
-        "epochs": cfg.epochs if cfg.clf == "linear" else None,
-        "seed": cfg.seed,
-        "fusable": fusable,
-        "features": os.path.abspath(cfg.features_path),
-        "feature_identity": {k: v for k, v in identity.items() if k != "weights_source"},
-        "splits": splits_report,
-    }
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    _save_estimator(estimator, cfg.out_dir)
-    extra = {"data_root": data_root, "C": C, "train_split": train_split}
-    if fusable:
-        W, b = affine_of(estimator, len(classes))
-        save_affine(AffineHead(W, b, classes, identity, cfg.clf, extra), cfg.out_dir)
-    else:
-        write_head_meta(cfg.out_dir, report["clf"], classes, identity, extra, arrays_sha256=None)
-    with open(os.path.join(cfg.out_dir, "report.json"), "w", encoding="utf-8") as fh:
-        json.dump(report, fh, indent=2)
-    for name, split_report in splits_report.items():
-        png = save_confusion_png(split_report, classes, os.path.join(cfg.out_dir, f"confusion_{name}.png"))
-        if png:
-            notes.append(f"confusion matrix: {png}")
-    return HeadResult(report, notes)
+def _fit_streaming(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: list[str], init,
+                   max_memory: int) -> _Fitted:
+    """Fit from chunks of the training split and evaluate the other splits chunk by chunk."""
+    chunk_rows = chunk_rows_for(max_memory, ff.feature_dim)
+    fit_started = time.perf_counter()
+    fit = fit_streaming(RowStream(ff, train_split, chunk_rows), cfg.clf, cfg.C, classes, cfg.passes, cfg.seed,
+                        cfg.class_weight, init)
+    fit_seconds = time.perf_counter() - fit_started
+    head = AffineHead(fit.W, fit.b, classes, {}, cfg.clf, {})
+    splits = {}
+    for name in ff.splits:
+        if name != train_split:
+            labels, predicted = [], []
+            for chunk in RowStream(ff, name, chunk_rows).chunks():
+                clean = chunk.view == 0
+                check_finite(chunk.X[clean], f"split {name!r}")
+                labels.append(chunk.y[clean])
+                predicted.append(head.logits(chunk.X[clean]).argmax(1))
+                del chunk
+            splits[name] = classification_report(np.concatenate(labels), np.concatenate(predicted), classes)
+    held_out = f"held-out fifth of the training images (streaming, {len(STREAMING_C_GRID)} values)"
+    return _Fitted(fit.C, held_out if fit.curve else "fixed", fit.holdout_score, None, fit.curve, fit_seconds,
+                   fit.stats.rows, fit.stats.images, fit.stats.rows > fit.stats.images, splits, (fit.W, fit.b),
+                   chunk_rows=chunk_rows)
 
 
 def _save_estimator(estimator, out_dir: str) -> None:
@@ -193,9 +270,19 @@ def _save_estimator(estimator, out_dir: str) -> None:
 def summary_lines(result: HeadResult, out_dir: str) -> list[str]:
     """The report as text for the terminal."""
     r = result.report
-    cv = f", CV accuracy {r['cv_score']:.4f} over {r['cv_folds']} folds" if r["cv_score"] is not None else ""
-    lines = [f"{r['clf']} head, C={r['C']:.3g} ({r['C_selection']}{cv}), fit {r['fit_seconds']:.2f} s "
-             f"on {r['train_rows']} rows ({r['train_images']} images)"]
+    if r["cv_score"] is None:
+        score = ""
+    elif r["cv_folds"]:
+        score = f", CV accuracy {r['cv_score']:.4f} over {r['cv_folds']} folds"
+    else:
+        score = f", held-out accuracy {r['cv_score']:.4f}"
+    if r["mode"] == "streaming":
+        mode = (f"streaming: {r['train_rows']} rows exceed --max-memory {human_bytes(r['max_memory_bytes'])}; "
+                f"{r['passes']} passes in chunks of {r['chunk_rows']} rows")
+    else:
+        mode = "in memory"
+    lines = [f"{r['clf']} head, C={r['C']:.3g} ({r['C_selection']}{score}), fit {r['fit_seconds']:.2f} s "
+             f"on {r['train_rows']} rows ({r['train_images']} images), {mode}"]
     lines += result.notes
     for name, split_report in r["splits"].items():
         lines += format_report(name, split_report)
