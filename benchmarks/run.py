@@ -12,6 +12,7 @@ import time
 
 from benchmarks.bench_extract import section_extraction, section_memory, section_precision
 from benchmarks.bench_pipeline import section_head_scaling, section_time_to_accuracy
+from benchmarks.bench_scale import section_scale_out
 from benchmarks.common import HYMENOPTERA, REPO, machine_description
 
 
@@ -40,6 +41,7 @@ def main() -> None:
     sections.append(timed("head scaling", section_head_scaling, args.quick))
     sections.append(timed("memory", section_memory, args.work, args.quick))
     sections.append(timed("precision", section_precision, args.work, files, rates))
+    sections.append(timed("scaling out", section_scale_out, args.work, args.quick))
     total = time.perf_counter() - started
     mode = "quick (smoke run: fewer sizes and epochs)" if args.quick else "full"
     header = ["# Benchmarks", "",

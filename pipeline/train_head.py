@@ -16,7 +16,7 @@ from features.store import FeatureFile
 from pipeline.affine import AffineHead, save_affine, write_head_meta
 from pipeline.heads import HeadTrainingError, TorchLinearHead, affine_of, choose_C, make_estimator
 from pipeline.metrics import classification_report, format_report, save_confusion_png
-from pipeline.streaming import (STREAMING_C_GRID, PeakMemory, RowStream, chunk_rows_for, default_max_memory,
+from pipeline.streaming import (MINIBATCH, STREAMING_C_GRID, PeakMemory, RowStream, chunk_rows_for, default_max_memory,
                                 fit_streaming, human_bytes, matrix_bytes)
 
 
@@ -247,10 +247,13 @@ def _fit_streaming(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: 
         if name != train_split:
             labels, predicted = [], []
             for chunk in RowStream(ff, name, chunk_rows).chunks():
-                clean = chunk.view == 0
-                check_finite(chunk.X[clean], f"split {name!r}")
-                labels.append(chunk.y[clean])
-                predicted.append(head.logits(chunk.X[clean]).argmax(1))
+                for start in range(0, len(chunk.y), MINIBATCH):  # small float64 logits, not a chunk-sized copy
+                    block = slice(start, start + MINIBATCH)
+                    clean = chunk.view[block] == 0
+                    X = chunk.X[block][clean]
+                    check_finite(X, f"split {name!r}")
+                    labels.append(chunk.y[block][clean])
+                    predicted.append(head.logits(X).argmax(1))
                 del chunk
             splits[name] = classification_report(np.concatenate(labels), np.concatenate(predicted), classes)
     held_out = f"held-out fifth of the training images (streaming, {len(STREAMING_C_GRID)} values)"
