@@ -55,7 +55,8 @@ def _parse_memory(_ctx, _param, value: str | None) -> int | None:
 @click.option("--kernel", type=click.Choice(["linear", "rbf", "poly"]), default="linear", show_default=True,
               help="svm only; non-linear kernels cannot be fused into the backbone.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--n-jobs", default=-1, show_default=True, type=int, help="joblib workers for the C sweep (-1: all cores).")
+@click.option("--n-jobs", default=None, type=int,
+              help="joblib workers for the C sweep (-1: all cores) [default: 1 under 1M training values, else all].")
 @click.option("--max-memory", default=None, callback=_parse_memory,
               help="Stream the training rows in chunks when they exceed this (512M, 4G) [default: half of RAM].")
 @click.option("--passes", default=10, show_default=True, type=click.IntRange(min=1),

@@ -14,7 +14,7 @@ import torch
 from features.data import find_train_split
 from features.store import FeatureFile
 from pipeline.affine import AffineHead, save_affine, write_head_meta
-from pipeline.heads import HeadTrainingError, TorchLinearHead, affine_of, choose_C, make_estimator
+from pipeline.heads import HeadTrainingError, TorchLinearHead, affine_of, choose_C, make_estimator, sweep_jobs
 from pipeline.metrics import classification_report, format_report, save_confusion_png
 from pipeline.streaming import (MINIBATCH, STREAMING_C_GRID, PeakMemory, RowStream, chunk_rows_for, default_max_memory,
                                 fit_streaming, human_bytes, matrix_bytes)
@@ -33,7 +33,7 @@ class HeadConfig:
     init: str = "none"
     epochs: int = 100
     seed: int = 0
-    n_jobs: int = -1
+    n_jobs: int | None = None  # None: see pipeline.heads.sweep_jobs
     kernel: str = "linear"
     max_memory: int | None = None  # bytes; None: half of physical memory
     passes: int = 10  # streaming mode only
@@ -213,7 +213,8 @@ def _fit_in_memory(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: 
     clean = train.view == 0
     cv = None
     if cfg.C == "auto":
-        cv = choose_C(estimator_for, train.features, train.labels, train.image_index, clean, cfg.cv, cfg.seed, cfg.n_jobs)
+        cv = choose_C(estimator_for, train.features, train.labels, train.image_index, clean, cfg.cv, cfg.seed,
+                      sweep_jobs(cfg.n_jobs, *train.features.shape))
         notes += cv.warnings
     C = cv.C if cv else float(cfg.C)
     estimator = estimator_for(C)

@@ -9,7 +9,7 @@ import pytest
 
 from features.store import FeatureFileError
 from pipeline.affine import HeadError, load_affine
-from pipeline.heads import HeadTrainingError, cv_splits, make_estimator, affine_of
+from pipeline.heads import HeadTrainingError, affine_of, cv_splits, make_estimator, sweep_jobs
 from pipeline.predict_features import predict_split
 from pipeline.train_head import HeadConfig, train_head
 from tests.conftest import blobs, run_cli, write_feature_file
@@ -185,3 +185,9 @@ def test_near_constant_features_do_not_get_huge_weights():
     W, _ = affine_of(est, 3)
     # An unfloored StandardScaler would divide that column's weight by ~1e-6.
     assert np.abs(W[:, -1]).max() < 10 * np.abs(W[:, :-1]).max()
+
+
+def test_small_sweeps_run_serially_unless_asked():
+    assert sweep_jobs(None, 245, 1280) == 1  # hymenoptera: worker start-up would cost more than the sweep
+    assert sweep_jobs(None, 1000, 1280) == -1
+    assert sweep_jobs(2, 245, 1280) == 2
