@@ -75,7 +75,11 @@ def test_streaming_refuses_what_it_cannot_do(tmp_path):
 
 
 def test_peak_memory_stays_under_the_limit_when_streaming(tmp_path):
-    """40,000 rows x 768 float32 = 123 MB of training features, streamed under a 48 MB limit."""
+    """40,000 rows x 768 float32 = 123 MB of training features, streamed under a 96 MB limit.
+
+    Chunks are an eighth of the limit and two can be alive at once; torch's own working
+    memory (thread pools, kernels) adds 15-45 MB, so the limit must leave room for it.
+    """
     rng = np.random.default_rng(0)
     signal = np.kron(np.eye(4), np.ones(192)) * 0.25  # each class lifts its own quarter of the dims a little
     y, yv = np.repeat(np.arange(4), 10_000), np.repeat(np.arange(4), 100)
@@ -84,7 +88,7 @@ def test_peak_memory_stays_under_the_limit_when_streaming(tmp_path):
     path = write_feature_file(str(tmp_path / "big.h5"), {"train": (X, y), "val": (Xv, yv)}, ["a", "b", "c", "d"])
     del X
     reports = {}
-    for mode, limit in (("in-memory", "1G"), ("streaming", "48M")):
+    for mode, limit in (("in-memory", "1G"), ("streaming", "96M")):
         out = tmp_path / mode
         r = run_cli("run_head.py", "--features", path, "--clf", "logreg", "--C", "0.01", "--max-memory", limit,
                     "--out", str(out))
@@ -93,7 +97,7 @@ def test_peak_memory_stays_under_the_limit_when_streaming(tmp_path):
         assert reports[mode]["mode"] == mode
     # The measurement sees the whole matrix when it is loaded, so it can tell the modes apart.
     assert reports["in-memory"]["peak_memory_growth_bytes"] > 123 * 10**6
-    assert reports["streaming"]["peak_memory_growth_bytes"] < 48 * 2**20
+    assert reports["streaming"]["peak_memory_growth_bytes"] < 96 * 2**20
     # Stated tolerance on this noisier problem (val accuracy ~0.97): 98% agreement, accuracy within 0.01.
     predicted = {m: load_affine(str(tmp_path / m)).logits(Xv).argmax(1) for m in reports}
     assert (predicted["in-memory"] == predicted["streaming"]).mean() >= 0.98
