@@ -7,7 +7,8 @@ import pytest
 
 from tests.conftest import REPO
 
-# Thirty forward passes of a small conv net at batch 8; count the minor page faults they cost.
+# Thirty forward passes of a small conv net at batch 8, after ten warm-up passes;
+# count the minor page faults the thirty cost.
 _FAULTS = """
 import resource, sys, torch
 from features.devices import keep_freed_memory
@@ -16,7 +17,8 @@ net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(),
                           torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
 x = torch.randn(8, 3, 112, 112)
 with torch.inference_mode():
-    net(x)
+    for _ in range(10):
+        net(x)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(30):
         net(x)
@@ -34,9 +36,10 @@ def test_keep_freed_memory_stops_page_faulting_reused_buffers():
     _, default_faults = faults("default")
     applied, kept_faults = faults("keep")
     assert applied == "True"
-    # One pass allocates three 12.8 MB activations (9,400 pages). Kept memory is reused, so
-    # thirty passes fault fewer pages than one pass needs (measured 3k-6k); with glibc's
-    # defaults they are faulted in again and again (measured 12k-100k for ten passes).
+    # One pass allocates three 12.8 MB activations (9,408 pages). With glibc's defaults they
+    # are faulted in again on many passes (measured 37k-306k faults for 30 passes, depending
+    # on its adaptive thresholds); kept memory is reused (measured 0-6,272: an occasional
+    # buffer, not one per pass).
     one_pass_pages = 3 * 8 * 32 * 112 * 112 * 4 // 4096
-    assert kept_faults < one_pass_pages
-    assert default_faults > 3 * kept_faults
+    assert kept_faults < 3 * one_pass_pages
+    assert default_faults > 2 * max(kept_faults, one_pass_pages)
