@@ -39,6 +39,11 @@ class ConfigMismatch(FeatureFileError):
     """An existing file was made with another configuration."""
 
 
+def _skipped(group: h5py.Group) -> list[tuple[str, str]]:
+    """The ``(path, reason)`` pairs recorded in a split group."""
+    return list(zip(group["skipped_paths"].asstr()[...], group["skipped_reasons"].asstr()[...]))
+
+
 def _json_attr(value) -> str:
     return json.dumps(value, sort_keys=True)
 
@@ -108,8 +113,7 @@ class FeatureWriter:
     def counts(self, split: str) -> tuple[int, int, list[tuple[str, str]]]:
         """Candidate files, rows written, and the skipped ``(path, reason)`` pairs of a split."""
         g = self._h5[split]
-        skipped = list(zip(g["skipped_paths"].asstr()[...], g["skipped_reasons"].asstr()[...]))
-        return int(g.attrs["n_images"]), int(g.attrs["rows"]), skipped
+        return int(g.attrs["n_images"]), int(g.attrs["rows"]), _skipped(g)
 
     def discard(self) -> None:
         """Close and delete the partial file (nothing in it is worth keeping)."""
@@ -304,7 +308,7 @@ def merge_shards(writer: FeatureWriter, shard_paths: list[str], image_offsets: d
             for split in shard.splits:
                 g = shard._h5[split]
                 n, done_before = shard.n_rows(split), image_offsets[split][k]
-                skipped = list(zip(g["skipped_paths"].asstr()[...], g["skipped_reasons"].asstr()[...]))
+                skipped = _skipped(g)
                 last_start = max(n - 1, 0) // MERGE_ROWS * MERGE_ROWS
                 for start in range(0, max(n, 1), MERGE_ROWS):
                     rows = slice(start, min(start + MERGE_ROWS, n))
@@ -464,7 +468,7 @@ class FeatureFile:
             paths=g["paths"].asstr()[...],
             image_index=g["image_index"][...],
             view=g["view"][...],
-            skipped=list(zip(g["skipped_paths"].asstr()[...], g["skipped_reasons"].asstr()[...])),
+            skipped=_skipped(g),
         )
 
     def read_features_into(self, split: str, start: int, stop: int, out: np.ndarray) -> None:

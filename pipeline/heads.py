@@ -24,6 +24,11 @@ from pipeline.affine import binary_to_two_rows, fold_scaler
 C_GRID = np.logspace(-5, 2, 15)
 
 
+def floored_scale(scale: np.ndarray, floor: float) -> np.ndarray:
+    """Per-feature scales raised to at least ``floor`` x their median (see :class:`FlooredScaler`)."""
+    return np.maximum(scale, floor * np.median(scale))
+
+
 class FlooredScaler(StandardScaler):
     """StandardScaler whose per-feature scale is at least ``floor`` x the median scale.
 
@@ -41,7 +46,7 @@ class FlooredScaler(StandardScaler):
 
     def fit(self, X, y=None, sample_weight=None) -> "FlooredScaler":
         super().fit(X, y, sample_weight)
-        self.scale_ = np.maximum(self.scale_, self.floor * np.median(self.scale_))
+        self.scale_ = floored_scale(self.scale_, self.floor)
         return self
 
 

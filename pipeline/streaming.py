@@ -21,7 +21,7 @@ import torch
 
 from features.store import ROWS_PER_CHUNK, FeatureFile
 from pipeline.affine import fold_scaler
-from pipeline.heads import C_GRID, HeadTrainingError
+from pipeline.heads import C_GRID, HeadTrainingError, floored_scale
 
 # The C sweep trains one model per candidate in the same passes; every other value of
 # the in-memory grid keeps that affordable.
@@ -166,14 +166,16 @@ class RowStats:
     counts: np.ndarray
     rows: int
     images: int
+    held_out_rows: int  # rows whose image is held out for choosing C
 
 
-def row_stats(stream: RowStream, n_classes: int, floor: float = 0.1) -> RowStats:
+def row_stats(stream: RowStream, n_classes: int, seed: int, floor: float = 0.1) -> RowStats:
     """Mean and floored standard deviation per feature (as :class:`pipeline.heads.FlooredScaler`),
-    class counts over centre-crop rows, in one pass; refuses NaN/inf values."""
+    class counts over centre-crop rows and the held-out row count for ``seed``, in one pass;
+    refuses NaN/inf values."""
     total = total_sq = None
     counts = np.zeros(n_classes, dtype=np.int64)
-    rows = images = bad = 0
+    rows = images = bad = held = 0
     for chunk in stream.chunks():
         X, y, view = chunk.X, chunk.y, chunk.view
         finite = np.isfinite(X)
@@ -187,6 +189,7 @@ def row_stats(stream: RowStream, n_classes: int, floor: float = 0.1) -> RowStats
         counts += np.bincount(y[view == 0], minlength=n_classes)
         rows += len(y)
         images += int((view == 0).sum())
+        held += int(_holdout(chunk.image_index, seed).sum())
     if bad:
         raise HeadTrainingError(f"split {stream.split!r} has NaN/inf values in {bad} rows; re-extract or drop them")
     if rows == 0:
@@ -194,8 +197,7 @@ def row_stats(stream: RowStream, n_classes: int, floor: float = 0.1) -> RowStats
     mean = total / rows
     std = np.sqrt(np.maximum(total_sq / rows - mean ** 2, 0.0))
     std[std == 0.0] = 1.0  # as StandardScaler: constant features are left unscaled
-    scale = np.maximum(std, floor * np.median(std))
-    return RowStats(mean, scale, counts, rows, images)
+    return RowStats(mean, floored_scale(std, floor), counts, rows, images, held)
 
 
 def balanced_weights(counts: np.ndarray) -> dict[int, float]:
@@ -311,7 +313,7 @@ def fit_streaming(stream: RowStream, clf: str, C: float | str, classes: list[str
         NaN/inf values, fewer than two classes, or a class without rows.
     """
     n_classes = len(classes)
-    stats = row_stats(stream, n_classes)
+    stats = row_stats(stream, n_classes, seed)
     absent = [classes[c] for c in range(n_classes) if stats.counts[c] == 0]
     if len(absent) >= n_classes - 1:
         raise HeadTrainingError(f"split {stream.split!r} has a single class; a classifier needs two or more")
@@ -349,8 +351,7 @@ def fit_streaming(stream: RowStream, clf: str, C: float | str, classes: list[str
 
     curve = holdout_score = None
     if C == "auto":
-        held_rows = sum(int(_holdout(chunk.image_index, seed).sum()) for chunk in stream.chunks())
-        candidates = [head(float(c), stats.rows - held_rows) for c in STREAMING_C_GRID]
+        candidates = [head(float(c), stats.rows - stats.held_out_rows) for c in STREAMING_C_GRID]
         train(candidates, lambda idx: ~_holdout(idx, seed))
         correct, total = np.zeros(len(candidates)), 0
         for chunk in stream.chunks():
