@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 from features.distributed import Shard, shard_from_env
 from features.store import PARTIAL_SUFFIX, FeatureFile
 from tests.conftest import REPO, make_imagefolder, run_cli
+from tests.waiting import wait_for_committed
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
@@ -98,10 +98,7 @@ def test_killed_rank_resumes_per_shard(tmp_path):
     args = ["--data", data, "--backbone", "resnet18", "--weights", "none", "--batch-size", "2", "--out", out]
     run = _torchrun(*args)
     shard1 = out + ".shard-1-of-2" + PARTIAL_SUFFIX
-    deadline = time.time() + 120
-    while not os.path.exists(shard1) and time.time() < deadline and run.poll() is None:
-        time.sleep(0.05)
-    time.sleep(2.0)  # let rank 1 commit some batches
+    wait_for_committed(shard1, "train", 4, run)  # two of rank 1's 25 batches
     victim = _rank_pid(run.pid, 1)
     assert victim is not None, "rank 1 not found"
     os.kill(victim, signal.SIGKILL)

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 from features.extract import ExtractConfig, ExtractionError, extract
 from features.store import SCHEMA_VERSION, FeatureFile, FeatureFileError, PARTIAL_SUFFIX
 from tests.conftest import REPO, make_imagefolder, run_cli, write_image
+from tests.waiting import wait_for_committed
 
 
 def _extract(data, out, **kw):
@@ -123,10 +123,7 @@ def _interrupt_then_resume(data, out, sig, extra):
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     partial = out + PARTIAL_SUFFIX
-    deadline = time.time() + 120
-    while not os.path.exists(partial) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(1.5)  # let it write some batches
+    wait_for_committed(partial, "train", 8, proc)  # two batches of 160 images: most of the run is still ahead
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0, "the run finished before it could be interrupted"
