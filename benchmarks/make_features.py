@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from features.store import open_writer
+from features.writer import open_writer
 
 CLASSES = [f"class{i}" for i in range(10)]
 BLOCK = 10_000

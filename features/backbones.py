@@ -9,7 +9,6 @@ typed in: :func:`load_backbone` measures it with a dummy forward pass.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import os
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model_weights
 
+from features.hashing import sha256_file
 from features.hooks import capture_features
 from features.preprocessing import IMAGENET_MEAN, IMAGENET_STD, TF_MEAN, TF_STD, Preprocessing
 
@@ -113,15 +113,6 @@ def get_spec(name: str) -> BackboneSpec:
 
 
 # --------------------------------------------------------------------------- weights
-
-
-def sha256_file(path: str) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _torchvision_enum(spec: BackboneSpec, weights: str):

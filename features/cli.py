@@ -1,4 +1,10 @@
-"""``run_extract.py`` / ``tlcache-extract``: parse options and call :func:`features.extract.extract`."""
+"""``run_extract.py`` / ``tlcache-extract``: parse options and call :func:`features.extract.extract`;
+``run_extract.py verify FILE...`` checks feature files in full.
+
+Exit codes: 0 done; 1 nothing readable in the dataset; 2 bad input, a damaged file, or
+an output another run is writing; 4 the output could not be written (disk full, quota,
+I/O error; rerun to resume); 130 interrupted (rerun to resume).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,10 @@ from features.backbones import BackboneError, backbone_table
 from features.data import DatasetError
 from features.distributed import shard_from_env
 from features.extract import ExtractConfig, ExtractionError, extract
-from features.store import FeatureFileError
+from features.interrupt import Interrupted
+from features.locking import LockError
+from features.store import FeatureFile, FeatureFileError
+from features.writer import WriteFailed
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -19,7 +28,10 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.command(context_settings=_SETTINGS)
 @click.option("--data", "data_root", type=str, help="Dataset root: ROOT/SPLIT/CLASS/IMAGE or ROOT/CLASS/IMAGE.")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True, help="Registry name (see --list-backbones).")
 @click.option("--weights", default="DEFAULT", show_default=True,
@@ -41,7 +53,7 @@ def _fail(message: str, code: int = 2) -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N files of each split (smoke runs).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @click.option("--list-backbones", is_flag=True, help="List the registered backbones and exit.")
-def main(data_root, backbone, weights, out_path, batch_size, workers, device, precision, dtype, views, val_fraction,
+def extract_command(data_root, backbone, weights, out_path, batch_size, workers, device, precision, dtype, views, val_fraction,
          seed, overwrite, limit, quiet, list_backbones) -> None:
     """Extract pooled features of a frozen pretrained backbone into an HDF5 file (stage one).
 
@@ -65,16 +77,47 @@ def main(data_root, backbone, weights, out_path, batch_size, workers, device, pr
                         progress=not quiet, shard=shard)
     try:
         summary = extract(cfg)
-    except (DatasetError, BackboneError, FeatureFileError, ValueError) as exc:
+    except (DatasetError, BackboneError, FeatureFileError, LockError, ValueError) as exc:
         _fail(str(exc))
     except ExtractionError as exc:
         _fail(str(exc), code=1)
-    except KeyboardInterrupt:
+    except WriteFailed as exc:
+        _fail(str(exc), code=4)
+    except (Interrupted, KeyboardInterrupt):
         _fail(f"interrupted; rerun the same command to resume {out_path}", code=130)
     if summary.status == "shard written":
         click.echo(f"rank {shard.rank}: shard complete, {summary.path}")
     else:
         click.echo("\n".join(summary.lines()))
+
+
+@click.command(context_settings=_SETTINGS)
+@click.argument("paths", nargs=-1, required=True)
+def verify(paths) -> None:
+    """Check feature files in full: structure, attributes and every split's checksum."""
+    damaged = 0
+    for path in paths:
+        try:
+            with FeatureFile(path) as f:
+                checked = f.verify()
+                unchecked = f.schema_version < 2
+        except FeatureFileError as exc:
+            click.echo(f"error: {exc}", err=True)
+            damaged += 1
+            continue
+        rows = ", ".join(f"{split} {n} rows" for split, n in checked.items())
+        click.echo(f"ok: {path} ({rows})" + (" - version 1 file: structure only, it has no checksums" if unchecked else ""))
+    if damaged:
+        sys.exit(2)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Dispatch: ``verify FILE...``, or an extraction (``run_extract.py --data ROOT ...``)."""
+    args = sys.argv[1:] if args is None else args
+    if args and args[0] == "verify":
+        verify.main(args[1:], prog_name="run_extract.py verify")
+    else:
+        extract_command.main(args, prog_name="run_extract.py")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -23,8 +24,11 @@ from features.devices import autocast, keep_freed_memory, resolve_device, resolv
 from features.distributed import Shard, gather_from_ranks, process_group, shard_device
 from features.hooks import capture_features
 from features.images import UnreadableImage, load_rgb
+from features.interrupt import StopRequest, stop_between_batches
+from features.locking import output_lock
 from features.progress import Progress
-from features.store import FeatureWriter, final_file_up_to_date, merge_shards, open_writer
+from features.store import PARTIAL_SUFFIX
+from features.writer import FeatureWriter, check_output_path, final_file_up_to_date, merge_shards, open_writer
 
 
 class ExtractionError(Exception):
@@ -205,9 +209,13 @@ def _file_attrs(cfg: ExtractConfig, layout: DatasetLayout, splits: dict[str, lis
 
 
 def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample], offset: int, backbone: Backbone,
-               device: torch.device, precision: str, views: int, cfg: ExtractConfig, workers: int) -> tuple[int, float]:
+               device: torch.device, precision: str, views: int, cfg: ExtractConfig, workers: int,
+               stop: StopRequest) -> tuple[int, float]:
     """Extract the unfinished part of one split (or of this rank's block of it, starting at
-    split index ``offset``); returns (images processed, seconds)."""
+    split index ``offset``); returns (images processed, seconds).
+
+    A stop request (SIGINT, SIGTERM) takes effect after the batch in hand is committed.
+    """
     first = writer.done_images(split)
     dataset = ImageRows(layout.root, split, samples, first, offset, backbone, views, cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
@@ -243,6 +251,7 @@ def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample],
                 done_images=batch[-1][0] + 1,
             )
             progress.update(len(batch))
+            stop.check()
     progress.close()
     writer.finish_split(split)
     return len(dataset), time.perf_counter() - started
@@ -271,6 +280,12 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     features.data.DatasetError, features.backbones.BackboneError,
     features.store.FeatureFileError, ValueError
         Unusable input or configuration (the CLI turns these into exit code 2).
+    features.locking.LockError
+        Another process is writing the same output, or its lock file cannot be created.
+    features.writer.WriteFailed
+        The output could not be written (disk full, ...); rerunning resumes.
+    features.interrupt.Interrupted
+        SIGINT or SIGTERM stopped the run between two batches; rerunning resumes.
     ExtractionError
         No image of the dataset could be read.
     """
@@ -288,6 +303,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     if cfg.views and views_split is None:
         raise ValueError(f"--views needs a training split; found {', '.join(splits)}")
 
+    check_output_path(cfg.out_path)
     backbone = load_backbone(cfg.backbone, cfg.weights)
     attrs = _file_attrs(cfg, layout, splits, backbone, views_split, precision)
     summary = ExtractSummary(cfg.out_path, "", backbone.spec.name, backbone.weights.identity, backbone.feature_dim,
@@ -296,11 +312,15 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         summary.notes.append(f"note: {path} has an uncommon extension; it is decoded by content like every file")
     for split, empty in layout.empty_classes.items():
         summary.notes.append(f"warning: {split} has empty class folders: {', '.join(empty)}")
-    run = _SplitRunner(cfg, layout, backbone, device, precision, views_split)
-    if cfg.shard is None:
-        return _extract_single(cfg, splits, attrs, run, summary)
-    with process_group(device):
-        return _extract_sharded(cfg, cfg.shard, splits, attrs, run, summary)
+    with stop_between_batches() as stop:
+        run = _SplitRunner(cfg, layout, backbone, device, precision, views_split, stop)
+        if cfg.shard is None:
+            with output_lock(cfg.out_path):
+                return _extract_single(cfg, splits, attrs, run, summary)
+        # Rank 0 holds the final file's lock for the whole run, merge included; every rank holds its shard's.
+        final_lock = output_lock(cfg.out_path) if cfg.shard.rank == 0 else contextlib.nullcontext()
+        with process_group(device), final_lock, output_lock(cfg.shard.path(cfg.out_path)):
+            return _extract_sharded(cfg, cfg.shard, splits, attrs, run, summary)
 
 
 @dataclass
@@ -313,6 +333,7 @@ class _SplitRunner:
     device: torch.device
     precision: str
     views_split: str | None
+    stop: StopRequest
 
     def __call__(self, writer: FeatureWriter, splits: dict[str, list[Sample]],
                  offsets: dict[str, int]) -> dict[str, tuple[int, float]]:
@@ -325,7 +346,7 @@ class _SplitRunner:
             if not writer.split_complete(split):
                 views = self.cfg.views if split == self.views_split else 0
                 timings[split] = _run_split(writer, split, self.layout, samples, offsets[split], self.backbone,
-                                            self.device, self.precision, views, self.cfg, workers)
+                                            self.device, self.precision, views, self.cfg, workers, self.stop)
         return timings
 
 
@@ -348,8 +369,7 @@ def _extract_single(cfg: ExtractConfig, splits: dict[str, list[Sample]], attrs: 
     state = open_writer(cfg.out_path, attrs, {n: len(s) for n, s in splits.items()}, run.backbone.feature_dim,
                         cfg.dtype, cfg.overwrite)
     summary.status = {"new": "written", "resumed": "resumed and written", "up_to_date": "nothing to do"}[state.status]
-    if state.note:
-        summary.notes.insert(0, state.note)
+    summary.notes[:0] = state.notes
     if state.writer is None:
         return summary
     try:
@@ -391,6 +411,8 @@ def _extract_sharded(cfg: ExtractConfig, shard: Shard, splits: dict[str, list[Sa
         # Ranks run side by side: images add up, the elapsed time is the slowest rank's.
         parts = [t[split] for t in every_rank if split in t]
         merged[split] = (sum(p for p, _ in parts), max((sec for _, sec in parts), default=0.0))
+    if os.path.exists(cfg.out_path + PARTIAL_SUFFIX):
+        os.remove(cfg.out_path + PARTIAL_SUFFIX)  # an interrupted merge starts over: the shards hold every row
     writer = open_writer(cfg.out_path, attrs, {n: len(s) for n, s in splits.items()}, dim, cfg.dtype, True).writer
     try:
         offsets = {split: [Shard(r, shard.world_size, 0).block(len(s))[0] for r in range(shard.world_size)]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from features.backbones import sha256_file
+from features.hashing import sha256_file
 
 HEAD_ARRAYS = "head.npz"
 HEAD_META = "head.json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +14,8 @@ from features.data import DatasetError, discover, find_train_split
 from features.devices import keep_freed_memory, resolve_device, resolve_train_precision
 from pipeline.affine import HeadError, load_affine
 from pipeline.export import export_model, write_sidecar
-from pipeline.finetune import FinetuneConfig, LabelledImages, finetune
+from pipeline.artefacts import staged_folder
+from pipeline.finetune import CHECKPOINT, FinetuneConfig, LabelledImages, finetune
 from pipeline.fuse import fuse_head, verify_fused
 from pipeline.rebuild import rebuild_backbone
 
@@ -43,6 +45,9 @@ def real_batch(layout, split: str, transform, n: int) -> torch.Tensor:
 def build_model(cfg: BuildConfig, log=print) -> dict:
     """Fuse the head, verify, optionally fine-tune, export and write the sidecar.
 
+    The folder is built under ``OUT.partial`` (where an interrupted fine-tune leaves its
+    checkpoint for ``--resume``) and renamed to ``cfg.out_dir`` once complete.
+
     Returns
     -------
     dict
@@ -54,7 +59,18 @@ def build_model(cfg: BuildConfig, log=print) -> dict:
         Broken, tampered, non-linear or mismatched head; fused logits that differ.
     features.data.DatasetError
         Missing data root (it is needed for the equality check and fine-tuning).
+    features.locking.LockError
+        Another process is writing the same folder.
     """
+    resume = bool(cfg.finetune and cfg.finetune.resume)
+    with staged_folder(cfg.out_dir, keep_staging=resume) as work:
+        finished_checkpoint = os.path.join(cfg.out_dir, CHECKPOINT)
+        if resume and not os.path.exists(os.path.join(work, CHECKPOINT)) and os.path.exists(finished_checkpoint):
+            shutil.copy2(finished_checkpoint, work)  # --resume on a finished folder: continue with more epochs
+        return _build_into(cfg, work, log)
+
+
+def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
     head = load_affine(cfg.head_dir)
     identity = head.feature_identity
     backbone = rebuild_backbone(identity)
@@ -79,7 +95,6 @@ def build_model(cfg: BuildConfig, log=print) -> dict:
         with open(os.path.join(cfg.head_dir, "report.json"), encoding="utf-8") as fh:
             head_report = json.load(fh)
     finetune_info = None
-    os.makedirs(cfg.out_dir, exist_ok=True)
     if cfg.finetune and cfg.finetune.epochs > 0:
         if train_split is None:
             raise DatasetError(f"{root} has no training split to fine-tune on")
@@ -88,7 +103,7 @@ def build_model(cfg: BuildConfig, log=print) -> dict:
         keep_freed_memory()
         log(f"fine-tuning {cfg.finetune.epochs} epochs on {train_split} ({len(layout.splits[train_split])} images), "
             f"device {device}, precision {precision}")
-        result = finetune(backbone, layout, train_split, val_split, cfg.finetune, device, precision, cfg.out_dir)
+        result = finetune(backbone, layout, train_split, val_split, cfg.finetune, device, precision, out_dir)
         for h in result.history:
             val = f"{h['val_accuracy']:.4f}" if h["val_accuracy"] is not None else "-"
             loss = f"{h['train_loss']:.4f}" if h["train_loss"] is not None else "-"
@@ -100,7 +115,7 @@ def build_model(cfg: BuildConfig, log=print) -> dict:
                          "best_val_accuracy": result.best_val_accuracy, "seconds": round(result.seconds, 1),
                          "resumed_from_epoch": result.resumed_from}
     backbone.model.cpu().eval()
-    exports = export_model(backbone.model, check, cfg.out_dir)
+    exports = export_model(backbone.model, check, out_dir)
     for fmt, info in exports.items():
         log(f"export {fmt}: " + (f"{info['file']} matches eager (max abs diff {info['max_abs_diff']:.2e})"
                                  if "file" in info else info["skipped"]))
@@ -118,5 +133,5 @@ def build_model(cfg: BuildConfig, log=print) -> dict:
         "finetune": finetune_info,
         "exports": exports,
     }
-    write_sidecar(cfg.out_dir, sidecar)
+    write_sidecar(out_dir, sidecar)
     return sidecar

@@ -11,6 +11,8 @@ import warnings
 import torch
 from torch import nn
 
+from features.hashing import sha256_file
+
 SIDECAR = "model.json"
 TORCHSCRIPT = "model.ts"
 EXPORTED_PROGRAM = "model.pt2"
@@ -83,7 +85,10 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: str, atol: fl
 
 
 def write_sidecar(out_dir: str, sidecar: dict) -> str:
-    """Write ``model.json`` (what predict needs besides the program)."""
+    """Write ``model.json`` (what predict needs besides the program), with the SHA-256 of every exported file."""
+    for info in sidecar["exports"].values():
+        if "file" in info:
+            info["sha256"] = sha256_file(os.path.join(out_dir, info["file"]))
     path = os.path.join(out_dir, SIDECAR)
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(sidecar, fh, indent=2)

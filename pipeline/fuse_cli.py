@@ -8,6 +8,7 @@ import click
 
 from features.backbones import BackboneError
 from features.data import DatasetError
+from features.locking import LockError
 from pipeline.affine import HeadError
 from pipeline.build_model import BuildConfig, build_model
 from pipeline.export import ExportMismatch
@@ -42,11 +43,11 @@ def main(head_dir, out_dir, data_root, finetune_epochs, lr, head_lr_mult, freeze
                       precision=precision)
     try:
         build_model(cfg, log=click.echo)
-    except (HeadError, DatasetError, BackboneError, ExportMismatch, ValueError) as exc:
+    except (HeadError, DatasetError, BackboneError, ExportMismatch, LockError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        click.echo(f"error: interrupted; rerun with --resume to continue from the last epoch checkpoint in {out_dir}",
+        click.echo(f"error: interrupted; rerun with --resume to continue from the last epoch checkpoint in {out_dir}.partial",
                    err=True)
         sys.exit(130)
     click.echo(f"saved {out_dir}/ (model.ts, model.pt2, model.json)")

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from features.locking import LockError
 from features.store import FeatureFileError
 from pipeline.affine import HeadError
 from pipeline.heads import HeadTrainingError
@@ -69,7 +70,7 @@ def fit(features_path, clf, C, cv, class_weight, init, epochs, kernel, seed, n_j
                      seed=seed, n_jobs=n_jobs, kernel=kernel, max_memory=max_memory, passes=passes)
     try:
         result = train_head(cfg)
-    except (FeatureFileError, HeadTrainingError, HeadError, ValueError) as exc:
+    except (FeatureFileError, HeadTrainingError, HeadError, LockError, ValueError) as exc:
         _fail(str(exc))
     click.echo("\n".join(summary_lines(result, out_dir)))
 

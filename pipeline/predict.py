@@ -17,6 +17,8 @@ import torch
 from features.devices import keep_freed_memory
 from features.images import UnreadableImage, load_rgb
 from features.preprocessing import Preprocessing
+from features.hashing import sha256_file
+from pipeline.artefacts import STAGING_SUFFIX
 from pipeline.export import EXPORTED_PROGRAM, SIDECAR
 
 
@@ -35,10 +37,23 @@ def load_exported(model_dir: str) -> tuple[torch.nn.Module, dict]:
     sidecar_path = os.path.join(model_dir, SIDECAR)
     program_path = os.path.join(model_dir, EXPORTED_PROGRAM)
     if not os.path.exists(sidecar_path) or not os.path.exists(program_path):
-        raise ModelDirError(f"{model_dir}: not a model folder (needs {SIDECAR} and {EXPORTED_PROGRAM} from pipeline.fuse)")
-    with open(sidecar_path, encoding="utf-8") as fh:
-        sidecar = json.load(fh)
-    return torch.export.load(program_path).module(), sidecar
+        staging = " (an unfinished build exists: rerun pipeline.fuse)" if os.path.isdir(model_dir + STAGING_SUFFIX) else ""
+        raise ModelDirError(f"{model_dir}: not a model folder (needs {SIDECAR} and {EXPORTED_PROGRAM} from pipeline.fuse){staging}")
+    try:
+        with open(sidecar_path, encoding="utf-8") as fh:
+            sidecar = json.load(fh)
+        expected = sidecar["exports"]["torch.export"].get("sha256")
+        classes, preprocessing = sidecar["classes"], sidecar["preprocessing"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelDirError(f"damaged model folder: {sidecar_path} is unreadable ({type(exc).__name__}: {exc})") from None
+    if sidecar.get("format") != "tlcache.model" or not isinstance(classes, list) or not isinstance(preprocessing, dict):
+        raise ModelDirError(f"damaged model folder: {sidecar_path} is not a tlcache model description")
+    if expected is not None and sha256_file(program_path) != expected:
+        raise ModelDirError(f"damaged model folder: {program_path} does not match the SHA-256 in {SIDECAR}")
+    try:
+        return torch.export.load(program_path).module(), sidecar
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a broken archive
+        raise ModelDirError(f"damaged model folder: {program_path} cannot be loaded ({type(exc).__name__})") from None
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:

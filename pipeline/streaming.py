@@ -18,6 +18,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import torch._dynamo  # noqa: F401 - the first optimiser step imports it (about 140 MB of code): load it before memory is measured
 
 from features.store import ROWS_PER_CHUNK, FeatureFile
 from pipeline.affine import fold_scaler

@@ -13,6 +13,7 @@ import torch
 
 from features.data import find_train_split
 from features.store import FeatureFile
+from pipeline.artefacts import staged_folder
 from pipeline.affine import AffineHead, save_affine, write_head_meta
 from pipeline.heads import HeadTrainingError, TorchLinearHead, affine_of, choose_C, make_estimator, sweep_jobs
 from pipeline.metrics import classification_report, format_report, save_confusion_png
@@ -179,20 +180,20 @@ def train_head(cfg: HeadConfig) -> HeadResult:
         "feature_identity": {k: v for k, v in identity.items() if k != "weights_source"},
         "splits": fitted.splits,
     }
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    if fitted.estimator is not None:
-        _save_estimator(fitted.estimator, cfg.out_dir)
-    extra = {"data_root": data_root, "C": fitted.C, "train_split": train_split}
-    if fusable:
-        save_affine(AffineHead(*fitted.affine, classes, identity, cfg.clf, extra), cfg.out_dir)
-    else:
-        write_head_meta(cfg.out_dir, report["clf"], classes, identity, extra, arrays_sha256=None)
-    with open(os.path.join(cfg.out_dir, "report.json"), "w", encoding="utf-8") as fh:
-        json.dump(report, fh, indent=2)
-    for name, split_report in fitted.splits.items():
-        png = save_confusion_png(split_report, classes, os.path.join(cfg.out_dir, f"confusion_{name}.png"))
-        if png:
-            notes.append(f"confusion matrix: {png}")
+    with staged_folder(cfg.out_dir) as work:
+        if fitted.estimator is not None:
+            _save_estimator(fitted.estimator, work)
+        extra = {"data_root": data_root, "C": fitted.C, "train_split": train_split}
+        if fusable:
+            save_affine(AffineHead(*fitted.affine, classes, identity, cfg.clf, extra), work)
+        else:
+            write_head_meta(work, report["clf"], classes, identity, extra, arrays_sha256=None)
+        with open(os.path.join(work, "report.json"), "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2)
+        for name, split_report in fitted.splits.items():
+            png = save_confusion_png(split_report, classes, os.path.join(work, f"confusion_{name}.png"))
+            if png:
+                notes.append(f"confusion matrix: {os.path.join(cfg.out_dir, os.path.basename(png))}")
     return HeadResult(report, notes)
 
 
@@ -237,6 +238,7 @@ def _fit_in_memory(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: 
 def _fit_streaming(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: list[str], init,
                    max_memory: int) -> _Fitted:
     """Fit from chunks of the training split and evaluate the other splits chunk by chunk."""
+    ff.verify()  # chunked reads skip checksums: check the whole file once, in bounded memory
     chunk_rows = chunk_rows_for(max_memory, ff.feature_dim)
     fit_started = time.perf_counter()
     fit = fit_streaming(RowStream(ff, train_split, chunk_rows), cfg.clf, cfg.C, classes, cfg.passes, cfg.seed,

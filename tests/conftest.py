@@ -78,7 +78,7 @@ def write_feature_file(path: str, splits: dict, classes: list[str], backbone: st
     """
     import json
 
-    from features.store import open_writer
+    from features.writer import open_writer
 
     dim = next(iter(splits.values()))[0].shape[1]
     attrs = {"backbone": backbone, "weights": "none", "weights_source": "random initialisation",

@@ -156,12 +156,12 @@ def test_finetune_resume_after_killing_a_real_run(tiny_pipeline, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.fuse", *args, "--out", cut], env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not os.path.exists(os.path.join(cut, "checkpoint.pt")) and time.time() < deadline:
+    while not os.path.exists(os.path.join(cut + ".partial", "checkpoint.pt")) and time.time() < deadline:
         time.sleep(0.01)
     proc.kill()
     proc.wait()
-    assert not os.path.exists(os.path.join(cut, "model.json")), "the run finished before it could be killed"
-    killed_at = torch.load(os.path.join(cut, "checkpoint.pt"), weights_only=False)["epoch"]
+    assert not os.path.exists(cut), "the run finished before it could be killed (or left a half-written folder)"
+    killed_at = torch.load(os.path.join(cut + ".partial", "checkpoint.pt"), weights_only=False)["epoch"]
     resumed = run_cli("-m pipeline.fuse", *args, "--out", cut, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     whole = run_cli("-m pipeline.fuse", *args, "--out", str(tmp_path / "whole"))

@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 
-import h5py
-
-
-def committed_images(partial: str, split: str) -> int:
-    """Images of ``split`` committed to a partial file so far (0 while it cannot be read yet)."""
-    if not os.path.exists(partial):
-        return 0
-    try:
-        # The writer holds the file open; read without HDF5's own lock, and retry on a torn read.
-        with h5py.File(partial, "r", locking=False) as h5:
-            return int(h5[split].attrs["done_images"])
-    except (OSError, KeyError, ValueError):
-        return 0
+from features.journal import committed_images
 
 
 def wait_for_committed(partial: str, split: str, at_least: int, proc: subprocess.Popen, timeout: float = 180) -> int:

@@ -1,0 +1,223 @@
+"""Everyday faults with real processes and real files: a second writer, a full disk, signals, damaged files."""
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from features import journal
+from features.locking import output_lock
+from features.store import PARTIAL_SUFFIX, FeatureFile
+from tests.conftest import REPO, make_imagefolder, run_cli
+from tests.waiting import wait_for_committed
+
+EXTRACT = [sys.executable, os.path.join(REPO, "run_extract.py")]
+ENV = dict(os.environ, PYTHONPATH=REPO)
+
+
+def _args(data: str, out: str) -> list[str]:
+    return ["--data", data, "--out", out, "--backbone", "resnet18", "--weights", "none", "--batch-size", "4", "--quiet"]
+
+
+@pytest.fixture
+def dataset(tmp_path) -> str:
+    return make_imagefolder(str(tmp_path / "d"), {"train": {"a": 30, "b": 30}, "val": {"a": 10, "b": 10}})
+
+
+@pytest.fixture
+def reference(dataset, tmp_path) -> str:
+    out = str(tmp_path / "whole.h5")
+    r = run_cli("run_extract.py", *_args(dataset, out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def assert_same_rows(path: str, reference: str) -> None:
+    with FeatureFile(path) as a, FeatureFile(reference) as b:
+        assert a.verify() == b.verify()
+        for split in b.splits:
+            x, y = a.read_split(split), b.read_split(split)
+            for column in ("paths", "labels", "image_index", "view"):
+                np.testing.assert_array_equal(getattr(x, column), getattr(y, column))
+            np.testing.assert_allclose(x.features, y.features, rtol=1e-4, atol=1e-5)
+            assert x.skipped == y.skipped
+
+
+def _one_line_error(stderr: str, *needles: str) -> None:
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for needle in needles:
+        assert needle in lines[0], stderr
+
+
+def test_second_writer_is_refused_and_the_first_finishes(dataset, reference, tmp_path):
+    out = str(tmp_path / "f.h5")
+    first = subprocess.Popen([*EXTRACT, *_args(dataset, out)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    wait_for_committed(out + PARTIAL_SUFFIX, "train", 4, first)
+    second = run_cli("run_extract.py", *_args(dataset, out))
+    assert second.returncode == 2
+    _one_line_error(second.stderr, f"being written by pid {first.pid} on ")
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert_same_rows(out, reference)
+    assert not os.path.exists(out + ".lock"), "the lock file is removed on release"
+
+
+def test_held_lock_refuses_heads_and_models_too(tmp_path, reference):
+    head = str(tmp_path / "head")
+    with output_lock(head):
+        r = run_cli("run_head.py", "--features", reference, "--out", head, "--C", "1")
+    assert r.returncode == 2
+    _one_line_error(r.stderr, f"being written by pid {os.getpid()}")
+    assert not os.path.exists(head)
+
+
+def _limited(limit: int):
+    def preexec():  # SIGXFSZ ignored (Python does so too) so writes past the limit fail with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return preexec
+
+
+def test_full_disk_while_extracting_ends_cleanly_and_resumes(dataset, reference, tmp_path):
+    out = str(tmp_path / "f.h5")
+    cut = subprocess.run([*EXTRACT, *_args(dataset, out)], env=ENV, capture_output=True, text=True, timeout=300,
+                         preexec_fn=_limited(60_000))
+    assert cut.returncode == 4
+    _one_line_error(cut.stderr, f"cannot write {out}.partial", "File too large (EFBIG)", "rerun the same command")
+    state = journal.scan(out + PARTIAL_SUFFIX)
+    assert 0 < state.done_images("train") < 60 and state.torn_bytes == 0 and not os.path.exists(out)
+    resumed = run_cli("run_extract.py", *_args(dataset, out))
+    assert resumed.returncode == 0 and "resumed" in resumed.stdout, resumed.stderr
+    assert_same_rows(out, reference)
+
+
+def test_full_disk_while_converting_keeps_the_journal(dataset, reference, tmp_path):
+    out = str(tmp_path / "f.h5")
+    limit = os.path.getsize(reference) - 1  # the journal fits, the HDF5 file does not
+    cut = subprocess.run([*EXTRACT, *_args(dataset, out)], env=ENV, capture_output=True, text=True, timeout=300,
+                         preexec_fn=_limited(limit))
+    assert cut.returncode == 4, cut.stderr
+    _one_line_error(cut.stderr, f"cannot write {out}.writing", "File too large")
+    state = journal.scan(out + PARTIAL_SUFFIX)
+    assert state.done_splits == {"train", "val"} and not os.path.exists(out)
+    assert not os.path.exists(out + ".writing"), "the half-written HDF5 file is removed"
+    resumed = run_cli("run_extract.py", *_args(dataset, out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_rows(out, reference)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signals_stop_between_batches(dataset, reference, tmp_path, sig):
+    out = str(tmp_path / "f.h5")
+    proc = subprocess.Popen([*EXTRACT, *_args(dataset, out)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    wait_for_committed(out + PARTIAL_SUFFIX, "train", 8, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    _one_line_error(err, "interrupted; rerun the same command to resume")
+    state = journal.scan(out + PARTIAL_SUFFIX)
+    assert state.torn_bytes == 0, "the stop came between two batches, not inside a write"
+    assert 8 <= state.done_images("train") < 60
+    resumed = run_cli("run_extract.py", *_args(dataset, out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_rows(out, reference)
+
+
+def test_torn_and_damaged_journals(dataset, reference, tmp_path):
+    out = str(tmp_path / "f.h5")
+    proc = subprocess.Popen([*EXTRACT, *_args(dataset, out)], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_for_committed(out + PARTIAL_SUFFIX, "train", 8, proc)
+    proc.kill()
+    proc.wait()
+    with open(out + PARTIAL_SUFFIX, "ab") as fh:
+        fh.write(b"REC1 half a record")  # what a kill inside a write leaves
+    r = run_cli("run_extract.py", *_args(dataset, out))
+    assert r.returncode == 0 and "cut 18 bytes" in r.stdout, r.stdout + r.stderr
+    assert_same_rows(out, reference)
+
+    other = str(tmp_path / "g.h5")
+    with open(other + PARTIAL_SUFFIX, "wb") as fh:
+        fh.write(b"not a journal at all")
+    r = run_cli("run_extract.py", *_args(dataset, other))
+    assert r.returncode == 0, r.stderr
+    aside = [n for n in os.listdir(tmp_path) if n.startswith("g.h5.partial.damaged-")]
+    assert len(aside) == 1 and f"moved it to {os.path.join(str(tmp_path), aside[0])}" in r.stdout
+    assert_same_rows(other, reference)
+
+
+def _damaged_copies(reference: str, tmp_path) -> dict[str, str]:
+    size = os.path.getsize(reference)
+    with h5py.File(reference, "r") as h5:
+        feature_offset = h5["train/features"].id.get_chunk_info(0).byte_offset
+    copies = {}
+    with open(reference, "rb") as fh:
+        classes_offset = fh.read().index(b'["a", "b"]') + 2  # the JSON class list, an attribute
+    for kind in ("truncated", "flipped-features", "flipped-attribute", "flipped-signature", "empty"):
+        path = str(tmp_path / f"{kind}.h5")
+        shutil.copy(reference, path)
+        with open(path, "r+b") as fh:
+            if kind == "truncated":
+                fh.truncate(size // 2)
+            elif kind == "empty":
+                fh.truncate(0)
+            else:
+                at = {"flipped-features": feature_offset + 1000, "flipped-attribute": classes_offset,
+                      "flipped-signature": 1}[kind]
+                fh.seek(at)
+                byte = fh.read(1)[0]
+                fh.seek(at)
+                fh.write(bytes([byte ^ 0x10]))
+        copies[kind] = path
+    return copies
+
+
+def test_damaged_feature_files_are_refused_by_every_reader(reference, tmp_path):
+    head = str(tmp_path / "head")
+    assert run_cli("run_head.py", "--features", reference, "--out", head, "--C", "1").returncode == 0
+    for kind, path in _damaged_copies(reference, tmp_path).items():
+        commands = [("run_extract.py", "verify", path),
+                    ("run_head.py", "--features", path, "--out", str(tmp_path / f"h-{kind}"), "--C", "1"),
+                    ("run_head.py", "--features", path, "--out", str(tmp_path / f"s-{kind}"), "--C", "1",
+                     "--max-memory", "1K"),
+                    ("run_head.py", "predict", "--head", head, "--features", path, "--split", "train")]
+        for script, *args in commands:
+            r = run_cli(script, *args)
+            assert r.returncode == 2, (kind, args, r.stdout, r.stderr)
+            _one_line_error(r.stderr, "damaged feature file", path)
+        assert not os.path.exists(tmp_path / f"h-{kind}")
+    ok = run_cli("run_extract.py", "verify", reference)
+    assert ok.returncode == 0 and ok.stdout.startswith(f"ok: {reference} (train 60 rows, val 20 rows)")
+
+
+def test_model_and_head_folders_appear_whole(reference, tmp_path):
+    head = str(tmp_path / "head")
+    os.makedirs(head + ".partial")  # left by a run that died
+    (tmp_path / "head.partial" / "junk").write_text("x")
+    r = run_cli("run_head.py", "--features", reference, "--out", head, "--C", "1")
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists(head + ".partial")
+    assert {"head.json", "head.npz", "report.json"} <= set(os.listdir(head)) and "junk" not in os.listdir(head)
+    model = str(tmp_path / "model")
+    with FeatureFile(reference) as f:
+        data = f.data_root
+    r = run_cli("-m pipeline.fuse", "--head", head, "--out", model, "--data", data)
+    assert r.returncode == 0, r.stderr
+    image = os.path.join(data, "val", "a", "img_000.jpg")
+    assert run_cli("-m pipeline.predict", "--model", model, image).returncode == 0
+    with open(os.path.join(model, "model.pt2"), "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\0\0\0\0")
+    r = run_cli("-m pipeline.predict", "--model", model, image)
+    assert r.returncode == 2
+    _one_line_error(r.stderr, "damaged model folder", "does not match the SHA-256")
