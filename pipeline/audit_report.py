@@ -77,9 +77,10 @@ def _shown(title_id: str, shown: int, total: int) -> str:
 
 def _confusion_svg(matrix: list[list[int]], classes: list[str]) -> str:
     n = len(classes)
-    cell, left, top = 44, 120, 110
+    longest = max(len(c[:16]) for c in classes)
+    cell, left, top = 44, 20 + 7 * longest, 16 + 5 * longest
     width, height = left + cell * n + 10, top + cell * n + 10
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
+    parts = [f'<svg width="{width}" height="{height}" role="img">']
     for j, c in enumerate(classes):
         x = left + cell * j + cell / 2
         parts.append(f'<text x="{x}" y="{top - 6}" font-size="11" transform="rotate(-45 {x} {top - 6})">{_e(c[:16])}</text>')
@@ -93,7 +94,7 @@ def _confusion_svg(matrix: list[list[int]], classes: list[str]) -> str:
             parts.append(f'<rect x="{left + cell * j}" y="{top + cell * i}" width="{cell}" height="{cell}" fill="{colour}" stroke="#fff"/>')
             parts.append(f'<text x="{left + cell * j + cell / 2}" y="{top + cell * i + cell / 2 + 4}" font-size="12" '
                          f'text-anchor="middle" fill="{"#fff" if shade > 0.5 else "#222"}">{v}</text>')
-    parts.append(f'<text x="{left}" y="12" font-size="11">rows: given label, columns: predicted</text></svg>')
+    parts.append("</svg>")
     return "".join(parts)
 
 
@@ -194,7 +195,8 @@ def _summary_section(summary: dict) -> list[str]:
 
 
 def _confusion_section(summary: dict, classes: list[str]) -> list[str]:
-    out = ['<section id="confusion"><h2>Confusion matrix</h2><div class="cards">']
+    out = ['<section id="confusion"><h2>Confusion matrix</h2><p class="note">Rows: given label; columns: predicted. '
+           'Training images are counted with their out-of-fold prediction.</p><div class="cards">']
     for name, r in summary["splits"].items():
         out.append(f'<div><h3>{_e(name)} ({_e(r["probabilities"])})</h3>{_confusion_svg(r["confusion_matrix"], classes)}</div>')
     out.append("</div></section>")

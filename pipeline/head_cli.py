@@ -62,12 +62,14 @@ def _parse_memory(_ctx, _param, value: str | None) -> int | None:
               help="Stream the training rows in chunks when they exceed this (512M, 4G) [default: half of RAM].")
 @click.option("--passes", default=10, show_default=True, type=click.IntRange(min=1),
               help="Streaming mode only: passes of minibatch training over the rows.")
+@click.option("--exclude", default=None, help="File of dataset-relative paths (exclude.txt of an audit) whose training rows are left out.")
 @click.option("--out", "out_dir", default="head", show_default=True, help="HEAD_DIR to write.")
-def fit(features_path, clf, C, cv, class_weight, init, epochs, kernel, seed, n_jobs, max_memory, passes, out_dir) -> None:
+def fit(features_path, clf, C, cv, class_weight, init, epochs, kernel, seed, n_jobs, max_memory, passes, exclude,
+        out_dir) -> None:
     """Train a classifier on cached features (stage two). `run_head.py predict --help` applies one."""
     cfg = HeadConfig(features_path=features_path, out_dir=out_dir, clf=clf, C=C, cv=cv,
                      class_weight=None if class_weight == "none" else class_weight, init=init, epochs=epochs,
-                     seed=seed, n_jobs=n_jobs, kernel=kernel, max_memory=max_memory, passes=passes)
+                     seed=seed, n_jobs=n_jobs, kernel=kernel, max_memory=max_memory, passes=passes, exclude=exclude)
     try:
         result = train_head(cfg)
     except (FeatureFileError, HeadTrainingError, HeadError, ValueError) as exc:
