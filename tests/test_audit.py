@@ -258,3 +258,29 @@ def test_thumbnails_apply_exif_orientation(tmp_path):
     img.save(tmp_path / "phone.jpg", exif=exif.tobytes())
     thumb = upright_thumbnail(str(tmp_path / "phone.jpg"))
     assert thumb.size == (107, 160)
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    from tests.browser import find_chromium
+
+    path = find_chromium()
+    if path is None:
+        if os.environ.get("TLCACHE_REQUIRE_BROWSER"):
+            pytest.fail("TLCACHE_REQUIRE_BROWSER is set but no chromium is on PATH (.ci/run installs it)")
+        pytest.skip("no chromium on PATH: install Debian's chromium package to run the browser check")
+    return path
+
+
+def test_report_renders_in_headless_chromium(audited, chromium, tmp_path):
+    from tests.browser import inspect_page
+
+    page = inspect_page(chromium, os.path.join(audited["out"], "index.html"))
+    assert page["sections"] == SECTIONS
+    assert len(page["images"]) >= 10
+    assert all(img["complete"] and img["width"] > 0 for img in page["images"]), page["images"]
+    assert page["errors"] == []
+    # the check itself can fail: a page with a missing image and a console error
+    (tmp_path / "bad.html").write_text('<html><body><img src="absent.jpg"><script>console.error("boom")</script></body></html>')
+    bad = inspect_page(chromium, str(tmp_path / "bad.html"))
+    assert bad["images"][0]["width"] == 0 and any("boom" in e for e in bad["errors"])
