@@ -19,7 +19,6 @@ pixel hash and thumbnails):
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ from sklearn.neighbors import NearestNeighbors
 from features.data import find_train_split
 from features.store import FeatureFile, SplitData
 from pipeline.affine import check_identity, read_head_meta
+from pipeline.audit_report import write_outputs
 from pipeline.dedup import duplicate_pairs, groups_from_pairs, unit_rows
 from pipeline.heads import HeadTrainingError, choose_C, class_scores, make_estimator, sweep_jobs
 from pipeline.label_issues import confident_learning, neighbour_votes
@@ -247,8 +247,6 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     rows = _rows(cfg, classes, order, train_split, parts, probs, issues, z, percentile, kth, group, hash_errors, data)
     summary = _summary(cfg, classes, order, train_split, parts, probs, issues, rows, model_info, k, pi, pj, pcos, pham)
     t = time.perf_counter()
-    from pipeline.audit_report import write_outputs
-
     write_outputs(cfg.out_dir, rows, summary, classes, data_root, cfg.top)
     timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - started
