@@ -51,10 +51,12 @@ _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the val split and of the augmented views.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file made with another configuration.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N files of each split (smoke runs).")
+@click.option("--exclude", "exclude", default=None,
+              help="File of dataset-relative paths to leave out, one per line (exclude.txt of run_head.py audit).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @click.option("--list-backbones", is_flag=True, help="List the registered backbones and exit.")
 def extract_command(data_root, backbone, weights, out_path, batch_size, workers, device, precision, dtype, views, val_fraction,
-         seed, overwrite, limit, quiet, list_backbones) -> None:
+         seed, overwrite, limit, exclude, quiet, list_backbones) -> None:
     """Extract pooled features of a frozen pretrained backbone into an HDF5 file (stage one).
 
     Launched with torchrun, each process extracts a block of every split and rank 0
@@ -74,7 +76,7 @@ def extract_command(data_root, backbone, weights, out_path, batch_size, workers,
     cfg = ExtractConfig(data_root=data_root, out_path=out_path, backbone=backbone, weights=weights,
                         batch_size=batch_size, workers=workers, device=device, precision=precision, dtype=dtype,
                         views=views, val_fraction=val_fraction, seed=seed, overwrite=overwrite, limit=limit,
-                        progress=not quiet, shard=shard)
+                        progress=not quiet, shard=shard, exclude=exclude)
     try:
         summary = extract(cfg)
     except (DatasetError, BackboneError, FeatureFileError, LockError, ValueError) as exc:

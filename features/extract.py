@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -22,6 +23,7 @@ from features.backbones import Backbone, load_backbone
 from features.data import DatasetLayout, Sample, discover
 from features.devices import autocast, keep_freed_memory, resolve_device, resolve_precision
 from features.distributed import Shard, gather_from_ranks, process_group, shard_device
+from features.exclude import read_exclude
 from features.hooks import capture_features
 from features.images import UnreadableImage, load_rgb
 from features.interrupt import StopRequest, stop_between_batches
@@ -60,6 +62,7 @@ class ExtractConfig:
     limit: int | None = None
     progress: bool = True
     shard: Shard | None = None
+    exclude: str | None = None  # file of dataset-relative paths to leave out (see features.exclude)
 
 
 @dataclass
@@ -298,6 +301,13 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         device = shard_device(cfg.shard, device)
     precision = resolve_precision(cfg.precision, device)
     layout = discover(cfg.data_root, cfg.val_fraction, cfg.seed)
+    excluded = None
+    if cfg.exclude:
+        exclude = read_exclude(cfg.exclude)
+        kept = {name: [s for s in samples if os.path.normpath(s.path) not in exclude.paths]
+                for name, samples in layout.splits.items()}
+        excluded = exclude.record(sum(len(s) for s in layout.splits.values()) - sum(len(s) for s in kept.values()))
+        layout = dataclasses.replace(layout, splits=kept)
     splits = {name: s[: cfg.limit] if cfg.limit else s for name, s in layout.splits.items()}
     views_split = layout.train_split_name() if cfg.views else None
     if cfg.views and views_split is None:
@@ -306,8 +316,14 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     check_output_path(cfg.out_path)
     backbone = load_backbone(cfg.backbone, cfg.weights)
     attrs = _file_attrs(cfg, layout, splits, backbone, views_split, precision)
+    if excluded is not None:  # part of the config attribute, hence of the file's identity
+        attrs["config"] = json.dumps(dict(json.loads(attrs["config"]), exclude=excluded), sort_keys=True)
     summary = ExtractSummary(cfg.out_path, "", backbone.spec.name, backbone.weights.identity, backbone.feature_dim,
                              str(device), precision, layout.classes)
+    if excluded is not None:
+        summary.notes.append(f"excluded {excluded['excluded']} files listed in {cfg.exclude}"
+                             + (f" ({excluded['listed'] - excluded['excluded']} listed paths are not in the dataset)"
+                                if excluded["listed"] > excluded["excluded"] else ""))
     for path in layout.unusual_extensions():
         summary.notes.append(f"note: {path} has an uncommon extension; it is decoded by content like every file")
     for split, empty in layout.empty_classes.items():

@@ -9,6 +9,7 @@ import click
 from features.locking import LockError
 from features.store import FeatureFileError
 from pipeline.affine import HeadError
+from pipeline.audit import AuditConfig, AuditError, audit_lines, run_audit
 from pipeline.heads import HeadTrainingError
 from pipeline.predict_features import predict_split
 from pipeline.streaming import parse_memory
@@ -62,12 +63,14 @@ def _parse_memory(_ctx, _param, value: str | None) -> int | None:
               help="Stream the training rows in chunks when they exceed this (512M, 4G) [default: half of RAM].")
 @click.option("--passes", default=10, show_default=True, type=click.IntRange(min=1),
               help="Streaming mode only: passes of minibatch training over the rows.")
+@click.option("--exclude", default=None, help="File of dataset-relative paths (exclude.txt of an audit) whose training rows are left out.")
 @click.option("--out", "out_dir", default="head", show_default=True, help="HEAD_DIR to write.")
-def fit(features_path, clf, C, cv, class_weight, init, epochs, kernel, seed, n_jobs, max_memory, passes, out_dir) -> None:
+def fit(features_path, clf, C, cv, class_weight, init, epochs, kernel, seed, n_jobs, max_memory, passes, exclude,
+        out_dir) -> None:
     """Train a classifier on cached features (stage two). `run_head.py predict --help` applies one."""
     cfg = HeadConfig(features_path=features_path, out_dir=out_dir, clf=clf, C=C, cv=cv,
                      class_weight=None if class_weight == "none" else class_weight, init=init, epochs=epochs,
-                     seed=seed, n_jobs=n_jobs, kernel=kernel, max_memory=max_memory, passes=passes)
+                     seed=seed, n_jobs=n_jobs, kernel=kernel, max_memory=max_memory, passes=passes, exclude=exclude)
     try:
         result = train_head(cfg)
     except (FeatureFileError, HeadTrainingError, HeadError, LockError, ValueError) as exc:
@@ -90,11 +93,36 @@ def predict(head_dir, features_path, split, out_csv) -> None:
     click.echo(f"{split}: {result['n']} rows, accuracy {result['accuracy']:.4f}{written}")
 
 
+@click.command(context_settings=_SETTINGS)
+@click.option("--features", "features_path", required=True, help="Complete feature file from run_extract.py.")
+@click.option("--head", "head_dir", default=None, help="HEAD_DIR whose classifier and C to use [default: logreg, C by CV].")
+@click.option("--out", "out_dir", required=True, help="AUDIT_DIR to write (audit.csv, audit.json, exclude.txt, index.html).")
+@click.option("--overwrite", is_flag=True, help="Replace the audit files in an existing AUDIT_DIR.")
+@click.option("--data", "data_root", default=None, help="Images' root [default: the one recorded in the feature file].")
+@click.option("--neighbours", default=15, show_default=True, type=click.IntRange(min=1),
+              help="Nearest training images used for label votes and the outlier distance.")
+@click.option("--top", default=48, show_default=True, type=click.IntRange(min=1), help="Images per report section.")
+@click.option("--cv", default=5, show_default=True, type=click.IntRange(min=2), help="Folds of the out-of-fold probabilities.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--n-jobs", default=None, type=int, help="joblib workers for the C sweep (as for fitting).")
+def audit(features_path, head_dir, out_dir, overwrite, data_root, neighbours, top, cv, seed, n_jobs) -> None:
+    """Audit a dataset from its features: label errors, duplicates and leaks, outliers, unreadable files."""
+    cfg = AuditConfig(features_path=features_path, out_dir=out_dir, head_dir=head_dir, data_root=data_root,
+                      overwrite=overwrite, cv=cv, seed=seed, neighbours=neighbours, top=top, n_jobs=n_jobs)
+    try:
+        result = run_audit(cfg)
+    except (FeatureFileError, HeadTrainingError, HeadError, AuditError, ValueError) as exc:
+        _fail(str(exc))
+    click.echo("\n".join(audit_lines(result, out_dir)))
+
+
 def main(args: list[str] | None = None) -> None:
-    """Dispatch: ``predict ...`` or ``fit ...``; anything else is ``fit`` (so ``--clf svm ...`` works)."""
+    """Dispatch: ``predict ...``, ``audit ...`` or ``fit ...``; anything else is ``fit`` (so ``--clf svm ...`` works)."""
     args = sys.argv[1:] if args is None else args
     if args and args[0] == "predict":
         predict.main(args[1:], prog_name="run_head.py predict")
+    elif args and args[0] == "audit":
+        audit.main(args[1:], prog_name="run_head.py audit")
     elif args and args[0] == "fit":
         fit.main(args[1:], prog_name="run_head.py fit")
     else:

@@ -180,10 +180,22 @@ def _fit_quietly(estimator, X, y):
         return estimator.fit(X, y)
 
 
-def _fold_score(estimator, X, y, train_idx, test_idx) -> float:
-    """Fit a fresh (unfitted) head on one fold's rows and score its held-out rows."""
+def class_scores(estimator, X: np.ndarray) -> np.ndarray:
+    """Per-class scores ``(rows, classes)`` of a fitted head: its decision function, with
+    scikit-learn's single binary score ``s`` written as ``[-s/2, s/2]`` (same softmax)."""
+    scores = estimator.decision_function(X)
+    return np.column_stack([-scores, scores]) / 2 if scores.ndim == 1 else scores
+
+
+def _fold_score(estimator, X, y, train_idx, test_idx, keep_scores: bool = False):
+    """Fit a fresh (unfitted) head on one fold's rows and score its held-out rows.
+
+    Returns the held-out accuracy, or ``(accuracy, class scores of the held-out rows)``
+    when ``keep_scores`` is set.
+    """
     fitted = _fit_quietly(estimator, X[train_idx], y[train_idx])
-    return float((fitted.predict(X[test_idx]) == y[test_idx]).mean())
+    accuracy = float((fitted.predict(X[test_idx]) == y[test_idx]).mean())
+    return (accuracy, class_scores(fitted, X[test_idx])) if keep_scores else accuracy
 
 
 def cv_splits(y: np.ndarray, groups: np.ndarray, clean: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -205,6 +217,7 @@ class CVResult:
     folds: int
     grid: list[tuple[float, float]]
     warnings: list[str]
+    oof_scores: np.ndarray | None = None  # (rows, classes) held-out scores at the chosen C; NaN for rows never held out
 
 
 # Below this many training values a serial C sweep takes less time than starting joblib's
@@ -221,7 +234,7 @@ def sweep_jobs(n_jobs: int | None, rows: int, dim: int) -> int:
 
 
 def choose_C(estimator_for, X: np.ndarray, y: np.ndarray, groups: np.ndarray, clean: np.ndarray, folds: int,
-             seed: int, n_jobs: int, grid: np.ndarray = C_GRID) -> CVResult:
+             seed: int, n_jobs: int, grid: np.ndarray = C_GRID, keep_scores: bool = False) -> CVResult:
     """Pick C by stratified group K-fold cross-validation on training rows only.
 
     Parameters
@@ -239,6 +252,11 @@ def choose_C(estimator_for, X: np.ndarray, y: np.ndarray, groups: np.ndarray, cl
     seed : int
     n_jobs : int
         joblib workers over (C, fold) pairs.
+    grid : ndarray
+        Values of C to try.
+    keep_scores : bool
+        Also keep each held-out row's class scores from the folds of the chosen C
+        (``CVResult.oof_scores``: out-of-fold scores at no extra fit).
 
     Returns
     -------
@@ -256,11 +274,19 @@ def choose_C(estimator_for, X: np.ndarray, y: np.ndarray, groups: np.ndarray, cl
         raise HeadTrainingError("cross-validation needs at least 2 training images per class; pass a fixed --C")
     splits = cv_splits(y, groups, clean, k, seed)
     jobs = [(C, tr, te) for C in grid for tr, te in splits]
-    scores = Parallel(n_jobs=n_jobs)(delayed(_fold_score)(estimator_for(C), X, y, tr, te) for C, tr, te in jobs)
+    results = Parallel(n_jobs=n_jobs)(delayed(_fold_score)(estimator_for(C), X, y, tr, te, keep_scores)
+                                      for C, tr, te in jobs)
+    scores = [r[0] for r in results] if keep_scores else results
     curve = [(float(C), float(np.mean(scores[i * k:(i + 1) * k]))) for i, C in enumerate(grid)]
     best = max(score for _, score in curve)
     chosen = next(C for C, score in curve if score >= best - 1e-12)
-    if chosen in (float(grid[0]), float(grid[-1])):
+    if chosen in (float(grid[0]), float(grid[-1])) and len(grid) > 1:
         notes.append(f"note: the chosen C={chosen:.3g} is at the edge of the searched grid "
                      f"[{grid[0]:.3g}, {grid[-1]:.3g}]; a fixed --C beyond it may fit better")
-    return CVResult(chosen, best, k, curve, notes)
+    oof = None
+    if keep_scores:
+        at = [i for i, (C, _, _) in enumerate(jobs) if float(C) == chosen]
+        oof = np.full((len(y), results[at[0]][1].shape[1]), np.nan)
+        for i in at:
+            oof[jobs[i][2]] = results[i][1]
+    return CVResult(chosen, best, k, curve, notes, oof)

@@ -28,6 +28,11 @@ def _head_scores(head_dir: str, fusable: bool, features: np.ndarray) -> np.ndarr
     return np.column_stack([-scores, scores]) / 2 if scores.ndim == 1 else scores
 
 
+def head_scores(head_dir: str, features: np.ndarray) -> np.ndarray:
+    """Class scores of ``features`` under the saved head in ``head_dir`` (linear or not)."""
+    return _head_scores(head_dir, read_head_meta(head_dir).get("fusable", True), features)
+
+
 def predict_split(head_dir: str, features_path: str, split: str, out_csv: str | None) -> dict:
     """Predict every centre-crop row of ``split``.
 

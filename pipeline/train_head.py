@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from features.data import find_train_split
-from features.store import FeatureFile
+from features.exclude import ExcludeList, read_exclude
+from features.store import FeatureFile, SplitData
 from pipeline.artefacts import staged_folder
 from pipeline.affine import AffineHead, save_affine, write_head_meta
 from pipeline.heads import HeadTrainingError, TorchLinearHead, affine_of, choose_C, make_estimator, sweep_jobs
@@ -38,6 +39,7 @@ class HeadConfig:
     kernel: str = "linear"
     max_memory: int | None = None  # bytes; None: half of physical memory
     passes: int = 10  # streaming mode only
+    exclude: str | None = None  # file of dataset-relative paths whose training rows are left out
 
 
 @dataclass
@@ -89,6 +91,7 @@ class _Fitted:
     affine: tuple[np.ndarray, np.ndarray] | None
     estimator: object | None = None
     chunk_rows: int | None = None
+    exclude: dict | None = None
 
 
 def train_head(cfg: HeadConfig) -> HeadResult:
@@ -129,6 +132,10 @@ def train_head(cfg: HeadConfig) -> HeadResult:
         if train_split is None:
             raise HeadTrainingError(f"{cfg.features_path}: no training split among {', '.join(ff.splits)}")
         streaming = matrix_bytes(ff.n_rows(train_split), ff.feature_dim) > max_memory
+        exclude = read_exclude(cfg.exclude) if cfg.exclude else None
+        if streaming and exclude is not None:
+            raise ValueError("--exclude needs the training rows in memory; raise --max-memory, or re-extract "
+                             "with run_extract.py --exclude")
         if streaming and cfg.clf == "svm" and cfg.kernel != "linear":
             raise ValueError(f"a {cfg.kernel} kernel SVM needs the training rows in memory "
                              f"({human_bytes(matrix_bytes(ff.n_rows(train_split), ff.feature_dim))} > --max-memory); "
@@ -144,7 +151,7 @@ def train_head(cfg: HeadConfig) -> HeadResult:
         if streaming:
             fitted = _fit_streaming(cfg, ff, train_split, classes, init, max_memory)
         else:
-            fitted = _fit_in_memory(cfg, ff, train_split, classes, init, notes)
+            fitted = _fit_in_memory(cfg, ff, train_split, classes, init, notes, exclude)
         memory_growth = peak.growth()
     total_seconds = time.perf_counter() - started
     if not fitted.splits:
@@ -179,11 +186,14 @@ def train_head(cfg: HeadConfig) -> HeadResult:
         "features": os.path.abspath(cfg.features_path),
         "feature_identity": {k: v for k, v in identity.items() if k != "weights_source"},
         "splits": fitted.splits,
+        "exclude": fitted.exclude,
     }
     with staged_folder(cfg.out_dir) as work:
         if fitted.estimator is not None:
             _save_estimator(fitted.estimator, work)
         extra = {"data_root": data_root, "C": fitted.C, "train_split": train_split}
+        if fitted.exclude is not None:
+            extra["exclude"] = fitted.exclude
         if fusable:
             save_affine(AffineHead(*fitted.affine, classes, identity, cfg.clf, extra), work)
         else:
@@ -197,9 +207,15 @@ def train_head(cfg: HeadConfig) -> HeadResult:
     return HeadResult(report, notes)
 
 
-def _fit_in_memory(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: list[str], init, notes: list[str]) -> _Fitted:
-    """Load the training split, choose C by K-fold CV, fit, and evaluate the other splits."""
+def _fit_in_memory(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: list[str], init, notes: list[str],
+                   exclude: ExcludeList | None = None) -> _Fitted:
+    """Load the training split (less the ``exclude`` list's images), choose C by K-fold CV, fit, and evaluate the other splits."""
     train = ff.read_split(train_split)
+    excluded = None
+    if exclude is not None:
+        train, excluded = _without(train, exclude)
+        notes.append(f"--exclude: left out {excluded['excluded']} training images ({excluded['excluded_rows']} rows) "
+                     f"of the {excluded['listed']} paths listed in {cfg.exclude}")
     check_finite(train.features, f"split {train_split!r}")
     present = np.unique(train.labels)
     if len(present) < 2:
@@ -232,7 +248,16 @@ def _fit_in_memory(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: 
     return _Fitted(C, "cross-validation on the training split" if cv else "fixed",
                    cv.cv_score if cv else None, cv.folds if cv else None, cv.grid if cv else None, fit_seconds,
                    int(len(train.labels)), int(clean.sum()), bool((train.view > 0).any()), splits,
-                   affine_of(estimator, len(classes)) if linear else None, estimator)
+                   affine_of(estimator, len(classes)) if linear else None, estimator, exclude=excluded)
+
+
+def _without(data: SplitData, exclude: ExcludeList) -> tuple[SplitData, dict]:
+    """The rows of ``data`` whose path is not in ``exclude`` (all views of an excluded image go)."""
+    drop = np.array([os.path.normpath(p) in exclude.paths for p in data.paths], dtype=bool)
+    kept = SplitData(data.features[~drop], data.labels[~drop], data.paths[~drop], data.image_index[~drop],
+                     data.view[~drop], data.skipped)
+    record = dict(exclude.record(int(len(np.unique(data.image_index[drop])))), excluded_rows=int(drop.sum()))
+    return kept, record
 
 
 def _fit_streaming(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: list[str], init,
