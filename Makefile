@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := demo_out
 
-.PHONY: demo test test-fast bench bench-quick clean
+.PHONY: demo test test-fast bench bench-quick faults clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+faults: $(STAMP)
+	$(PY) benchmarks/faults.py --faults 200 --out RELIABILITY.md
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

@@ -1,7 +1,13 @@
 #!/usr/bin/env python
 """Stage two: train a classifier on cached features, or predict with one. See ``--help``."""
 
-from pipeline.head_cli import main
+import sys
+
+try:
+    from pipeline.head_cli import main
+except KeyboardInterrupt:  # Ctrl-C while the libraries load
+    print("error: interrupted before anything was started", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     main()

@@ -45,7 +45,8 @@ class WriteFailed(Exception):
 def write_failed(path: str, exc: OSError) -> WriteFailed:
     """A one-line :class:`WriteFailed` naming the file and the cause."""
     name = errno.errorcode.get(exc.errno or 0, "")
-    cause = f"{exc.strerror or exc}" + (f" ({name})" if name else "")
+    # HDF5's own messages run over several lines; the errno says the same in a few words.
+    cause = os.strerror(exc.errno) + f" ({name})" if exc.errno else str(exc).splitlines()[0]
     return WriteFailed(f"cannot write {path}: {cause}; what was committed is kept: "
                        "free space or fix the cause, then rerun the same command to resume")
 
@@ -173,12 +174,23 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process if its parent dies (so a killed run leaves no writer holding its lock)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        pass  # not Linux: the child finishes its short conversion and exits on its own
+
+
 def _convert_in_child(journal_path: str, out_path: str) -> None:
     """Run :func:`write_hdf5` in a forked child; raise :class:`WriteFailed` with its error if it fails."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: reports through the pipe and leaves with os._exit, never through Python's clean-up
         os.close(read_end)
+        _die_with_parent()
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)  # h5py prints clean-up errors of a failed file; the parent prints the one line
 
