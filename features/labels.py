@@ -29,7 +29,7 @@ IMAGE_COLUMNS = ("id", "image", "image_id", "file", "file_name", "filename", "pa
 LABEL_COLUMNS = ("label", "labels", "class", "class_name", "category", "target", "species", "breed")
 SPLIT_COLUMN = "split"
 IMAGE_FOLDERS = ("", "train", "images", "train_images")
-ID_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".webp", ".bmp", ".tif", ".tiff")
+ID_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 LABEL_FILE_EXTENSIONS = (".csv", ".tsv")
 
 
@@ -113,7 +113,8 @@ def _read_text(path: str) -> tuple[str, str]:
     return text, hashlib.sha256(data).hexdigest()
 
 
-def _delimiter(path: str, header_line: str) -> str:
+def sniff_delimiter(path: str, header_line: str) -> str:
+    """Tab for ``.tsv`` files, else the most frequent of comma, tab and semicolon in the header line."""
     if path.lower().endswith(".tsv"):
         return "\t"
     counts = {d: header_line.count(d) for d in (",", "\t", ";")}
@@ -178,7 +179,7 @@ def read_label_file(path: str, image_column: str | None = None, label_column: st
     """
     text, digest = _read_text(path)
     first_line = text.split("\n", 1)[0]
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(path, first_line))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(path, first_line))
     try:
         rows = list(reader)
     except csv.Error as exc:

@@ -13,6 +13,7 @@ import torch
 
 from features.data import find_train_split
 from features.store import FeatureFile
+from pipeline.file_splits import unlabeled_splits
 from pipeline.affine import AffineHead, save_affine, write_head_meta
 from pipeline.heads import HeadTrainingError, TorchLinearHead, affine_of, choose_C, make_estimator, sweep_jobs
 from pipeline.metrics import classification_report, format_report, save_confusion_png
@@ -124,9 +125,14 @@ def train_head(cfg: HeadConfig) -> HeadResult:
     peak = PeakMemory()
     with FeatureFile(cfg.features_path) as ff:
         classes = ff.classes
-        train_split = find_train_split(ff.splits)
+        unlabeled = unlabeled_splits(ff)
+        train_split = find_train_split([s for s in ff.splits if s not in unlabeled])
         if train_split is None:
-            raise HeadTrainingError(f"{cfg.features_path}: no training split among {', '.join(ff.splits)}")
+            raise HeadTrainingError(f"{cfg.features_path}: no labeled training split among {', '.join(ff.splits)}")
+        evaluated = [s for s in ff.splits if s != train_split and s not in unlabeled]
+        for name in unlabeled:
+            notes.append(f"{name}: {ff.n_rows(name)} unlabeled rows, no metrics; predict them with "
+                         f"run_head.py predict --split {name} --format submission")
         streaming = matrix_bytes(ff.n_rows(train_split), ff.feature_dim) > max_memory
         if streaming and cfg.clf == "svm" and cfg.kernel != "linear":
             raise ValueError(f"a {cfg.kernel} kernel SVM needs the training rows in memory "
@@ -141,14 +147,14 @@ def train_head(cfg: HeadConfig) -> HeadResult:
         data_root = ff.data_root
         peak.start()
         if streaming:
-            fitted = _fit_streaming(cfg, ff, train_split, classes, init, max_memory)
+            fitted = _fit_streaming(cfg, ff, train_split, evaluated, classes, init, max_memory)
         else:
-            fitted = _fit_in_memory(cfg, ff, train_split, classes, init, notes)
+            fitted = _fit_in_memory(cfg, ff, train_split, evaluated, classes, init, notes)
         memory_growth = peak.growth()
     total_seconds = time.perf_counter() - started
     if not fitted.splits:
-        notes.append(f"no split besides {train_split!r}: only the {'held-out' if streaming else 'cross-validated'} "
-                     "estimate is reported")
+        notes.append(f"no labeled split besides {train_split!r}: only the "
+                     f"{'held-out' if streaming else 'cross-validated'} estimate is reported")
 
     fusable = not (cfg.clf == "svm" and cfg.kernel != "linear")
     report = {
@@ -178,11 +184,13 @@ def train_head(cfg: HeadConfig) -> HeadResult:
         "features": os.path.abspath(cfg.features_path),
         "feature_identity": {k: v for k, v in identity.items() if k != "weights_source"},
         "splits": fitted.splits,
+        "unlabeled_splits": unlabeled,
     }
     os.makedirs(cfg.out_dir, exist_ok=True)
     if fitted.estimator is not None:
         _save_estimator(fitted.estimator, cfg.out_dir)
-    extra = {"data_root": data_root, "C": fitted.C, "train_split": train_split}
+    extra = {"data_root": data_root, "C": fitted.C, "train_split": train_split,
+             "features": os.path.abspath(cfg.features_path)}
     if fusable:
         save_affine(AffineHead(*fitted.affine, classes, identity, cfg.clf, extra), cfg.out_dir)
     else:
@@ -196,10 +204,13 @@ def train_head(cfg: HeadConfig) -> HeadResult:
     return HeadResult(report, notes)
 
 
-def _fit_in_memory(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: list[str], init, notes: list[str]) -> _Fitted:
-    """Load the training split, choose C by K-fold CV, fit, and evaluate the other splits."""
+def _fit_in_memory(cfg: HeadConfig, ff: FeatureFile, train_split: str, evaluated: list[str], classes: list[str], init,
+                   notes: list[str]) -> _Fitted:
+    """Load the training split, choose C by K-fold CV, fit, and evaluate the ``evaluated`` (labeled) splits."""
     train = ff.read_split(train_split)
     check_finite(train.features, f"split {train_split!r}")
+    if (train.labels < 0).any():
+        raise HeadTrainingError(f"split {train_split!r} has {int((train.labels < 0).sum())} unlabeled rows (label -1)")
     present = np.unique(train.labels)
     if len(present) < 2:
         raise HeadTrainingError(f"split {train_split!r} has a single class ({classes[present[0]] if len(present) else 'none'}); a classifier needs two or more")
@@ -222,11 +233,10 @@ def _fit_in_memory(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: 
     estimator.fit(train.features, train.labels)  # every class has training rows (checked above)
     fit_seconds = time.perf_counter() - fit_started
     splits = {}
-    for name in ff.splits:
-        if name != train_split:
-            data = ff.read_split(name).clean()
-            check_finite(data.features, f"split {name!r}")
-            splits[name] = classification_report(data.labels, estimator.predict(data.features), classes)
+    for name in evaluated:
+        data = ff.read_split(name).clean()
+        check_finite(data.features, f"split {name!r}")
+        splits[name] = classification_report(data.labels, estimator.predict(data.features), classes)
     linear = not (cfg.clf == "svm" and cfg.kernel != "linear")
     return _Fitted(C, "cross-validation on the training split" if cv else "fixed",
                    cv.cv_score if cv else None, cv.folds if cv else None, cv.grid if cv else None, fit_seconds,
@@ -234,7 +244,7 @@ def _fit_in_memory(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: 
                    affine_of(estimator, len(classes)) if linear else None, estimator)
 
 
-def _fit_streaming(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: list[str], init,
+def _fit_streaming(cfg: HeadConfig, ff: FeatureFile, train_split: str, evaluated: list[str], classes: list[str], init,
                    max_memory: int) -> _Fitted:
     """Fit from chunks of the training split and evaluate the other splits chunk by chunk."""
     chunk_rows = chunk_rows_for(max_memory, ff.feature_dim)
@@ -244,19 +254,18 @@ def _fit_streaming(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: 
     fit_seconds = time.perf_counter() - fit_started
     head = AffineHead(fit.W, fit.b, classes, {}, cfg.clf, {})
     splits = {}
-    for name in ff.splits:
-        if name != train_split:
-            labels, predicted = [], []
-            for chunk in RowStream(ff, name, chunk_rows).chunks():
-                for start in range(0, len(chunk.y), MINIBATCH):  # small float64 logits, not a chunk-sized copy
-                    block = slice(start, start + MINIBATCH)
-                    clean = chunk.view[block] == 0
-                    X = chunk.X[block][clean]
-                    check_finite(X, f"split {name!r}")
-                    labels.append(chunk.y[block][clean])
-                    predicted.append(head.logits(X).argmax(1))
-                del chunk
-            splits[name] = classification_report(np.concatenate(labels), np.concatenate(predicted), classes)
+    for name in evaluated:
+        labels, predicted = [], []
+        for chunk in RowStream(ff, name, chunk_rows).chunks():
+            for start in range(0, len(chunk.y), MINIBATCH):  # small float64 logits, not a chunk-sized copy
+                block = slice(start, start + MINIBATCH)
+                clean = chunk.view[block] == 0
+                X = chunk.X[block][clean]
+                check_finite(X, f"split {name!r}")
+                labels.append(chunk.y[block][clean])
+                predicted.append(head.logits(X).argmax(1))
+            del chunk
+        splits[name] = classification_report(np.concatenate(labels), np.concatenate(predicted), classes)
     held_out = f"held-out fifth of the training images (streaming, {len(STREAMING_C_GRID)} values)"
     return _Fitted(fit.C, held_out if fit.curve else "fixed", fit.holdout_score, None, fit.curve, fit_seconds,
                    fit.stats.rows, fit.stats.images, fit.stats.rows > fit.stats.images, splits, (fit.W, fit.b),
