@@ -210,8 +210,8 @@ def _from_folders(root: str, val_fraction: float | None, seed: int, excluded: se
         split_dirs = [""]
         classes = top
         if flat_split_named:
-            tables = [t for t in (usable_label_file(p, root) for p in label_file_candidates(root)) if t] \
-                if look_for_labels else []
+            candidates = label_file_candidates(root) if look_for_labels else []
+            tables = [t for t in (usable_label_file(p, root) for p in candidates) if t]
             if len(tables) == 1:
                 return _from_label_table(root, tables[0], val_fraction, seed,
                                          f"found in the root, since {', '.join(flat_split_named)} hold images "

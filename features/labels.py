@@ -20,7 +20,6 @@ import csv
 import hashlib
 import io
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 
 from features.samples import DatasetError, Sample
@@ -122,8 +121,8 @@ def sniff_delimiter(path: str, header_line: str) -> str:
     return best if counts[best] else ","
 
 
-def _find_column(header: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, option: str,
-                 path: str, exclude: set[str]) -> str | None:
+def _find_column(header: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: str,
+                 exclude: set[str]) -> str | None:
     by_lower = {name.lower(): name for name in header if name not in exclude}
     if wanted is not None:
         if wanted in header:
@@ -151,11 +150,11 @@ def detect_columns(header: list[str], path: str, image_column: str | None = None
         A named column is absent, or none can be chosen (the message lists the columns).
     """
     found = ", ".join(header)
-    image = _find_column(header, image_column, IMAGE_COLUMNS, "image", "--image-column", path, set())
+    image = _find_column(header, image_column, IMAGE_COLUMNS, "image", path, set())
     if image is None:
         raise LabelFileError(f"{path}: no image column (columns found: {found}); name it with --image-column")
     split = next((name for name in header if name.lower() == SPLIT_COLUMN and name != image), None)
-    label = _find_column(header, label_column, LABEL_COLUMNS, "label", "--label-column", path, {image})
+    label = _find_column(header, label_column, LABEL_COLUMNS, "label", path, {image})
     if label is None:
         rest = [name for name in header if name not in (image, split)]
         if len(rest) != 1:
@@ -389,7 +388,3 @@ def usable_label_file(path: str, root: str) -> LabelTable | None:
         return None
     return table if hits else None
 
-
-def count_labels(samples: list[Sample]) -> Counter:
-    """Images per label among the samples that exist."""
-    return Counter(s.label for s in samples if not s.missing)

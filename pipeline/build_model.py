@@ -12,7 +12,7 @@ import torch
 from features.data import DatasetError
 from features.devices import keep_freed_memory, resolve_device, resolve_train_precision
 from features.store import FeatureFile, FeatureFileError
-from pipeline.affine import HeadError, check_identity, load_affine
+from pipeline.affine import check_identity, load_affine
 from pipeline.export import export_model, write_sidecar
 from pipeline.file_splits import split_images, train_and_val
 from pipeline.finetune import FinetuneConfig, LabelledImages, finetune
