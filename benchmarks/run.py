@@ -12,6 +12,7 @@ import time
 
 from benchmarks.bench_audit import section_audit
 from benchmarks.bench_extract import section_extraction, section_memory, section_precision
+from benchmarks.bench_phone import section_phone
 from benchmarks.bench_pipeline import section_head_scaling, section_time_to_accuracy
 from benchmarks.bench_scale import section_scale_out
 from benchmarks.common import HYMENOPTERA, REPO, machine_description
@@ -44,6 +45,7 @@ def main() -> None:
     sections.append(timed("precision", section_precision, args.work, files, rates))
     sections.append(timed("scaling out", section_scale_out, args.work, args.quick))
     sections.append(timed("data audit", section_audit, args.work, args.quick))
+    sections.append(timed("phone photos", section_phone, args.work, args.quick))
     total = time.perf_counter() - started
     mode = "quick (smoke run: fewer sizes and epochs)" if args.quick else "full"
     header = ["# Benchmarks", "",

@@ -32,7 +32,18 @@ _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 @click.command(context_settings=_SETTINGS)
-@click.option("--data", "data_root", type=str, help="Dataset root: ROOT/SPLIT/CLASS/IMAGE or ROOT/CLASS/IMAGE.")
+@click.option("--data", "data_root", type=str,
+              help="Dataset root: ROOT/SPLIT/CLASS/IMAGE, ROOT/CLASS/IMAGE, or the images of --labels.")
+@click.option("--labels", type=str, default=None,
+              help="CSV/TSV label file (header row): an image column (path under ROOT or bare id), a label column, "
+                   "an optional split column. 'none': read class folders only [default: class folders; a label file "
+                   "in ROOT is used when the folders are clearly splits].")
+@click.option("--image-column", type=str, default=None,
+              help="Image column of --labels [default: id, image, image_id, file, file_name, filename or path].")
+@click.option("--label-column", type=str, default=None,
+              help="Label column of --labels [default: label, class, category, ... or the only other column].")
+@click.option("--unlabeled", "unlabeled", multiple=True, type=str,
+              help="Folder of images without labels, extracted as a split named after it (label -1). Repeatable.")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True, help="Registry name (see --list-backbones).")
 @click.option("--weights", default="DEFAULT", show_default=True,
               help="DEFAULT, a torchvision weights name (IMAGENET1K_V1), a state_dict PATH, or none.")
@@ -47,7 +58,8 @@ _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 @click.option("--views", default=0, show_default=True, type=click.IntRange(min=0),
               help="Augmented views (RandomResizedCrop + flip) stored per training image, besides the centre crop.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-              help="Single-ImageFolder roots only: stratified fraction moved to a val split.")
+              help="One labeled split only (an ImageFolder, or --labels without a split column): "
+                   "stratified fraction moved to a val split.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the val split and of the augmented views.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file made with another configuration.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N files of each split (smoke runs).")
@@ -55,8 +67,9 @@ _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
               help="File of dataset-relative paths to leave out, one per line (exclude.txt of run_head.py audit).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @click.option("--list-backbones", is_flag=True, help="List the registered backbones and exit.")
-def extract_command(data_root, backbone, weights, out_path, batch_size, workers, device, precision, dtype, views, val_fraction,
-         seed, overwrite, limit, exclude, quiet, list_backbones) -> None:
+def extract_command(data_root, labels, image_column, label_column, unlabeled, backbone, weights, out_path, batch_size,
+                    workers, device, precision, dtype, views, val_fraction, seed, overwrite, limit, exclude, quiet,
+                    list_backbones) -> None:
     """Extract pooled features of a frozen pretrained backbone into an HDF5 file (stage one).
 
     Launched with torchrun, each process extracts a block of every split and rank 0
@@ -76,7 +89,8 @@ def extract_command(data_root, backbone, weights, out_path, batch_size, workers,
     cfg = ExtractConfig(data_root=data_root, out_path=out_path, backbone=backbone, weights=weights,
                         batch_size=batch_size, workers=workers, device=device, precision=precision, dtype=dtype,
                         views=views, val_fraction=val_fraction, seed=seed, overwrite=overwrite, limit=limit,
-                        progress=not quiet, shard=shard, exclude=exclude)
+                        progress=not quiet, shard=shard, exclude=exclude, labels=labels, image_column=image_column,
+                        label_column=label_column, unlabeled=tuple(unlabeled))
     try:
         summary = extract(cfg)
     except (DatasetError, BackboneError, FeatureFileError, LockError, ValueError) as exc:

@@ -25,7 +25,7 @@ from features.devices import autocast, keep_freed_memory, resolve_device, resolv
 from features.distributed import Shard, gather_from_ranks, process_group, shard_device
 from features.exclude import read_exclude
 from features.hooks import capture_features
-from features.images import UnreadableImage, load_rgb
+from features.images import UnreadableImage
 from features.interrupt import StopRequest, stop_between_batches
 from features.locking import output_lock
 from features.progress import Progress
@@ -44,6 +44,8 @@ class ExtractConfig:
     Attributes mirror ``run_extract.py``'s options; ``workers=None`` picks a default
     suited to the device (see :func:`default_workers`). ``shard`` is this process's
     place in a multi-process run (``torchrun``); ``None`` for a single process.
+    ``labels``, ``image_column``, ``label_column`` and ``unlabeled`` are passed to
+    :func:`features.data.discover`.
     """
 
     data_root: str
@@ -63,6 +65,10 @@ class ExtractConfig:
     progress: bool = True
     shard: Shard | None = None
     exclude: str | None = None  # file of dataset-relative paths to leave out (see features.exclude)
+    labels: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    unlabeled: tuple[str, ...] = ()
 
 
 @dataclass
@@ -144,6 +150,7 @@ class ImageRows(Dataset):
     def __init__(self, root: str, split: str, samples: list[Sample], first: int, offset: int, backbone: Backbone,
                  views: int, seed: int) -> None:
         self.root, self.split, self.samples, self.first, self.offset = root, split, samples, first, offset
+        self.preprocessing = backbone.preprocessing
         self.eval_tf = backbone.preprocessing.eval_transform()
         self.train_tf = backbone.preprocessing.train_transform()
         self.views, self.seed = views, seed
@@ -153,8 +160,11 @@ class ImageRows(Dataset):
 
     def __getitem__(self, i: int):
         index = self.first + i
+        sample = self.samples[index]
+        if sample.missing:
+            return index, None, sample.missing
         try:
-            img = load_rgb(os.path.join(self.root, self.samples[index].path))
+            img = self.preprocessing.load(os.path.join(self.root, sample.path))
         except UnreadableImage as exc:
             return index, None, str(exc)
         tensors = [self.eval_tf(img)]
@@ -192,6 +202,9 @@ def _file_attrs(cfg: ExtractConfig, layout: DatasetLayout, splits: dict[str, lis
         "dtype": cfg.dtype,
         "precision": precision,
         "inventory": {name: _inventory_hash(s) for name, s in splits.items()},
+        "labels": layout.label_file,
+        "unlabeled_splits": list(layout.unlabeled),
+        "id_form": layout.id_form,
     }
     versions = {"tlcache": features.__version__, "torch": torch.__version__,
                 "torchvision": torchvision.__version__, "h5py": h5py.__version__, "numpy": np.__version__}
@@ -300,7 +313,8 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     if cfg.shard is not None:
         device = shard_device(cfg.shard, device)
     precision = resolve_precision(cfg.precision, device)
-    layout = discover(cfg.data_root, cfg.val_fraction, cfg.seed)
+    layout = discover(cfg.data_root, cfg.val_fraction, cfg.seed, labels=cfg.labels, image_column=cfg.image_column,
+                      label_column=cfg.label_column, unlabeled=tuple(cfg.unlabeled))
     excluded = None
     if cfg.exclude:
         exclude = read_exclude(cfg.exclude)
@@ -311,7 +325,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     splits = {name: s[: cfg.limit] if cfg.limit else s for name, s in layout.splits.items()}
     views_split = layout.train_split_name() if cfg.views else None
     if cfg.views and views_split is None:
-        raise ValueError(f"--views needs a training split; found {', '.join(splits)}")
+        raise ValueError(f"--views needs a labeled training split; found {', '.join(splits)}")
 
     check_output_path(cfg.out_path)
     backbone = load_backbone(cfg.backbone, cfg.weights)
@@ -324,6 +338,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         summary.notes.append(f"excluded {excluded['excluded']} files listed in {cfg.exclude}"
                              + (f" ({excluded['listed'] - excluded['excluded']} listed paths are not in the dataset)"
                                 if excluded["listed"] > excluded["excluded"] else ""))
+    summary.notes += layout.notes
     for path in layout.unusual_extensions():
         summary.notes.append(f"note: {path} has an uncommon extension; it is decoded by content like every file")
     for split, empty in layout.empty_classes.items():

@@ -6,13 +6,16 @@ import os
 import warnings
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # Truncated files are reported, not silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 # Images above this many pixels are refused as possible decompression bombs (PIL's own default).
 MAX_PIXELS = 89_478_485
+
+# EXIF tag 0x0112: how the stored pixels must be turned to show the picture upright (1 = as stored).
+EXIF_ORIENTATION = 0x0112
 
 
 class UnreadableImage(Exception):
@@ -44,13 +47,43 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file fully and return it as RGB.
+def _reduce_while_decoding(img: Image.Image, min_side: int) -> None:
+    """Ask the JPEG decoder for a 1/2, 1/4 or 1/8 scale image whose shorter side stays >= ``min_side``.
+
+    Only JPEGs whose shorter side is at least twice ``min_side`` are touched; PIL's
+    ``draft`` picks the largest DCT scale that keeps both sides at or above the request.
+    """
+    if img.format != "JPEG" or min(img.size) < 2 * min_side:
+        return
+    img.draft("RGB", (min_side, min_side))
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag (as ``ImageOps.exif_transpose``); untagged images are returned as they are."""
+    try:
+        orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError):  # a broken EXIF block does not make the pixels unusable
+        return img
+    if orientation not in (2, 3, 4, 5, 6, 7, 8):
+        return img
+    return ImageOps.exif_transpose(img)
+
+
+def load_rgb(path: str | os.PathLike, exif_transpose: bool = True, min_side: int | None = None) -> Image.Image:
+    """Decode an image file fully and return it as RGB, upright.
 
     Parameters
     ----------
     path : str or PathLike
         File to read. The format is detected from the content, not the extension.
+    exif_transpose : bool
+        Turn the image as its EXIF Orientation tag says (phones store portrait photos
+        sideways with a tag), like ``PIL.ImageOps.exif_transpose``.
+    min_side : int, optional
+        The shorter side the caller will resize to. A JPEG whose shorter side is at least
+        twice this is decoded at reduced scale in the DCT domain (1/2, 1/4 or 1/8), never
+        below ``min_side``, so a 12 MP photo is never decoded in full. ``None`` decodes
+        every pixel.
 
     Returns
     -------
@@ -60,10 +93,12 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     Raises
     ------
     UnreadableImage
-        With a short human-readable reason: empty file, unknown format, truncated data,
-        decompression bomb, or a decoder error.
+        With a short human-readable reason: missing or empty file, unknown format,
+        truncated data, decompression bomb, or a decoder error.
     """
     try:
+        if not os.path.exists(path):
+            raise UnreadableImage("file not found")
         if os.path.getsize(path) == 0:
             raise UnreadableImage("empty file (0 bytes)")
         with warnings.catch_warnings():
@@ -72,8 +107,10 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
             try:
                 with Image.open(path) as img:
+                    if min_side:
+                        _reduce_while_decoding(img, min_side)
                     img.load()
-                    return _to_rgb(img)
+                    return _to_rgb(_upright(img) if exif_transpose else img)
             finally:
                 Image.MAX_IMAGE_PIXELS = previous_limit
     except UnreadableImage:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 
 import torch
+from PIL import Image
 from torchvision.transforms import v2
+
+from features.images import load_rgb
 
 _INTERPOLATIONS = {
     "bilinear": v2.InterpolationMode.BILINEAR,
@@ -35,6 +39,15 @@ class Preprocessing:
         ``"bilinear"``, ``"bicubic"`` or ``"nearest"``.
     mean, std : tuple of float
         Per-channel normalisation applied to pixels scaled to [0, 1].
+    exif_orientation : bool
+        Images are turned upright by their EXIF Orientation tag before anything else.
+    jpeg_draft : bool
+        JPEGs at least twice ``resize_size`` (shorter side) are decoded at 1/2, 1/4 or
+        1/8 scale in the DCT domain, keeping the shorter side >= ``resize_size``.
+
+    Both decoding fields are part of the recorded preprocessing (and so of a feature
+    file's identity). Records written before they existed read as ``False``: those
+    features were made from full decodes with the tag ignored.
     """
 
     resize_size: int
@@ -42,6 +55,8 @@ class Preprocessing:
     interpolation: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    exif_orientation: bool = True
+    jpeg_draft: bool = True
 
     def to_json(self) -> str:
         """Serialise to a canonical JSON string (sorted keys)."""
@@ -57,7 +72,19 @@ class Preprocessing:
             interpolation=str(raw["interpolation"]),
             mean=tuple(float(m) for m in raw["mean"]),
             std=tuple(float(s) for s in raw["std"]),
+            exif_orientation=bool(raw.get("exif_orientation", False)),
+            jpeg_draft=bool(raw.get("jpeg_draft", False)),
         )
+
+    def load(self, path: str | os.PathLike) -> Image.Image:
+        """Decode ``path`` to RGB the way this record says (see :func:`features.images.load_rgb`).
+
+        Raises
+        ------
+        features.images.UnreadableImage
+        """
+        return load_rgb(path, exif_transpose=self.exif_orientation,
+                        min_side=self.resize_size if self.jpeg_draft else None)
 
     def eval_transform(self) -> v2.Compose:
         """Resize, centre crop, scale to [0, 1] and normalise a PIL RGB image."""

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 
 import torch
 
-from features.data import DatasetError, discover, find_train_split
+from features.data import DatasetError
 from features.devices import keep_freed_memory, resolve_device, resolve_train_precision
-from pipeline.affine import HeadError, load_affine
+from features.store import FeatureFile, FeatureFileError
+from pipeline.affine import check_identity, load_affine
 from pipeline.export import export_model, write_sidecar
 from pipeline.artefacts import staged_folder
+from pipeline.file_splits import split_images, train_and_val
 from pipeline.finetune import CHECKPOINT, FinetuneConfig, LabelledImages, finetune
 from pipeline.fuse import fuse_head, verify_fused
 from pipeline.rebuild import rebuild_backbone
@@ -27,19 +29,73 @@ class BuildConfig:
     head_dir: str
     out_dir: str
     data_root: str | None = None
+    features_path: str | None = None
     finetune: FinetuneConfig | None = None
     device: str = "auto"
     precision: str = "auto"
     check_images: int = 8
 
 
-def real_batch(layout, split: str, transform, n: int) -> torch.Tensor:
-    """The first ``n`` readable images of a split, preprocessed (for equality checks)."""
-    readable = (item[0] for item in LabelledImages(layout, split, transform) if item is not None)
+def real_batch(root: str, items: list[tuple[str, int]], preprocessing, transform, n: int) -> torch.Tensor:
+    """The first ``n`` readable images of ``items``, preprocessed (for equality checks)."""
+    readable = (item[0] for item in LabelledImages(root, items, preprocessing, transform) if item is not None)
     tensors = list(itertools.islice(readable, n))
     if len(tensors) < 2:
-        raise DatasetError(f"fewer than 2 readable images in split {split!r} for the equality check")
+        raise DatasetError(f"fewer than 2 readable images under {root} for the equality check")
     return torch.stack(tensors)
+
+
+@dataclass
+class FileSplits:
+    """The images a head's feature file records for training and validation."""
+
+    root: str
+    train_split: str | None
+    val_split: str | None
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+
+
+def _features_path(cfg: BuildConfig, head) -> str:
+    path = cfg.features_path or head.extra.get("features")
+    report = os.path.join(cfg.head_dir, "report.json")
+    if not path and os.path.exists(report):
+        with open(report, encoding="utf-8") as fh:
+            path = json.load(fh).get("features")
+    if not path or not os.path.exists(path):
+        raise DatasetError(f"the feature file the head was trained on ({path}) is not found; pass --features FILE "
+                           "(it records which images form each split)")
+    return path
+
+
+def file_splits(cfg: BuildConfig, head) -> FileSplits:
+    """Training and validation images from the head's feature file, never from a new look at the folder.
+
+    Raises
+    ------
+    DatasetError
+        The feature file or the image root is missing.
+    HeadError
+        The feature file was not made like the head's training features.
+    """
+    path = _features_path(cfg, head)
+    try:
+        with FeatureFile(path) as ff:
+            check_identity(head.feature_identity, ff.identity(), path)
+            train_split, val_split = train_and_val(ff)
+            preferred = head.extra.get("train_split")
+            if preferred in ff.splits:
+                train_split = preferred
+                if val_split == preferred:
+                    val_split = None
+            root = cfg.data_root or ff.data_root
+            train = split_images(ff, train_split) if train_split else []
+            val = split_images(ff, val_split) if val_split else []
+    except FeatureFileError as exc:
+        raise DatasetError(str(exc)) from None
+    if not os.path.isdir(root):
+        raise DatasetError(f"data root {root!r} not found; pass --data ROOT (the images the head's features came from)")
+    return FileSplits(root, train_split, val_split, train, val)
 
 
 def build_model(cfg: BuildConfig, log=print) -> dict:
@@ -74,16 +130,9 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
     head = load_affine(cfg.head_dir)
     identity = head.feature_identity
     backbone = rebuild_backbone(identity)
-    root = cfg.data_root or head.extra.get("data_root")
-    if not root or not os.path.isdir(root):
-        raise DatasetError(f"data root {root!r} not found; pass --data ROOT (the images the head's features came from)")
-    layout = discover(root)
-    if layout.classes != head.classes:
-        raise HeadError(f"{root} has classes {layout.classes}, the head was trained on {head.classes}")
-    train_split = find_train_split(list(layout.splits))
-    val_split = next((s for s in layout.splits if s != train_split), None)
+    splits = file_splits(cfg, head)
     eval_tf = backbone.preprocessing.eval_transform()
-    check = real_batch(layout, val_split or train_split, eval_tf, cfg.check_images)
+    check = real_batch(splits.root, splits.val or splits.train, backbone.preprocessing, eval_tf, cfg.check_images)
 
     fuse_head(backbone, head)
     diff = verify_fused(backbone, head, check)
@@ -96,14 +145,16 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
             head_report = json.load(fh)
     finetune_info = None
     if cfg.finetune and cfg.finetune.epochs > 0:
-        if train_split is None:
-            raise DatasetError(f"{root} has no training split to fine-tune on")
+        if not splits.train:
+            raise DatasetError("the feature file has no labeled training split to fine-tune on")
         device = resolve_device(cfg.device)
         precision = resolve_train_precision(cfg.precision, device)
         keep_freed_memory()
-        log(f"fine-tuning {cfg.finetune.epochs} epochs on {train_split} ({len(layout.splits[train_split])} images), "
-            f"device {device}, precision {precision}")
-        result = finetune(backbone, layout, train_split, val_split, cfg.finetune, device, precision, out_dir)
+        validation = f"validating on {splits.val_split} ({len(splits.val)} images)" if splits.val else "no val split"
+        log(f"fine-tuning {cfg.finetune.epochs} epochs on {splits.train_split} ({len(splits.train)} images), "
+            f"{validation}, as the feature file records them; device {device}, precision {precision}")
+        result = finetune(backbone, splits.root, splits.train, splits.val or None, cfg.finetune, device, precision,
+                          out_dir)
         for h in result.history:
             val = f"{h['val_accuracy']:.4f}" if h["val_accuracy"] is not None else "-"
             loss = f"{h['train_loss']:.4f}" if h["train_loss"] is not None else "-"
@@ -111,6 +162,8 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
         log(f"kept epoch {result.best_epoch} (val accuracy {result.best_val_accuracy}), fine-tuning took {result.seconds:.1f} s")
         finetune_info = {"epochs": cfg.finetune.epochs, "lr": cfg.finetune.lr, "head_lr_mult": cfg.finetune.head_lr_mult,
                          "freeze_stages": cfg.finetune.freeze_stages, "train_bn": cfg.finetune.train_bn, "precision": precision, "device": str(device),
+                         "train_split": splits.train_split, "train_images": len(splits.train),
+                         "val_split": splits.val_split, "val_images": len(splits.val),
                          "history": result.history, "best_epoch": result.best_epoch,
                          "best_val_accuracy": result.best_val_accuracy, "seconds": round(result.seconds, 1),
                          "resumed_from_epoch": result.resumed_from}

@@ -12,9 +12,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from features.backbones import Backbone
-from features.data import DatasetLayout
 from features.devices import autocast
-from features.images import UnreadableImage, load_rgb
+from features.images import UnreadableImage
+from features.preprocessing import Preprocessing
 from features.progress import Progress
 
 CHECKPOINT = "checkpoint.pt"
@@ -106,18 +106,31 @@ def parameter_groups(model: nn.Module, classifier_slot: str, lr: float, head_lr_
 
 
 class LabelledImages(Dataset):
-    """Images of one split as ``(tensor, label)``; unreadable files become ``None``."""
+    """Images as ``(tensor, label)``; unreadable files become ``None``.
 
-    def __init__(self, layout: DatasetLayout, split: str, transform) -> None:
-        self.root, self.samples, self.transform = layout.root, layout.splits[split], transform
+    Parameters
+    ----------
+    root : str
+        Folder the paths are relative to (a feature file's ``data_root``).
+    items : list of (str, int)
+        ``(path, label)`` of each image, as a feature file records them
+        (:func:`pipeline.file_splits.split_images`).
+    preprocessing : Preprocessing
+        Decodes each file (EXIF orientation, reduced-scale JPEG decoding) as extraction did.
+    transform : callable
+        PIL image to tensor.
+    """
+
+    def __init__(self, root: str, items: list[tuple[str, int]], preprocessing: Preprocessing, transform) -> None:
+        self.root, self.items, self.preprocessing, self.transform = root, items, preprocessing, transform
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.items)
 
     def __getitem__(self, i: int):
-        s = self.samples[i]
+        path, label = self.items[i]
         try:
-            return self.transform(load_rgb(os.path.join(self.root, s.path))), s.label
+            return self.transform(self.preprocessing.load(os.path.join(self.root, path))), label
         except UnreadableImage:
             return None
 
@@ -154,9 +167,13 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> floa
     return correct / total if total else None
 
 
-def finetune(backbone: Backbone, layout: DatasetLayout, train_split: str, val_split: str | None, cfg: FinetuneConfig,
-             device: torch.device, precision: str, out_dir: str) -> FinetuneResult:
+def finetune(backbone: Backbone, root: str, train_items: list[tuple[str, int]], val_items: list[tuple[str, int]] | None,
+             cfg: FinetuneConfig, device: torch.device, precision: str, out_dir: str) -> FinetuneResult:
     """Fine-tune ``backbone.model`` (already fused) in place and keep the best epoch's weights.
+
+    ``train_items`` and ``val_items`` are the ``(path, label)`` pairs a feature file
+    records for its training and validation splits (paths relative to ``root``); no
+    other image is used.
 
     SGD with momentum and weight decay, cosine learning-rate decay over ``cfg.epochs``,
     RandomResizedCrop + flip on the training images, a validation pass each epoch and
@@ -174,10 +191,12 @@ def finetune(backbone: Backbone, layout: DatasetLayout, train_split: str, val_sp
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and device.type == "cuda")
     train_tf, eval_tf = backbone.preprocessing.train_transform(), backbone.preprocessing.eval_transform()
     generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(LabelledImages(layout, train_split, train_tf), batch_size=cfg.batch_size, shuffle=True,
-                              num_workers=cfg.workers, collate_fn=_collate_readable, generator=generator, drop_last=False)
-    val_loader = DataLoader(LabelledImages(layout, val_split, eval_tf), batch_size=64, num_workers=cfg.workers,
-                            collate_fn=_collate_readable) if val_split else None
+    prep = backbone.preprocessing
+    train_loader = DataLoader(LabelledImages(root, train_items, prep, train_tf), batch_size=cfg.batch_size,
+                              shuffle=True, num_workers=cfg.workers, collate_fn=_collate_readable, generator=generator,
+                              drop_last=False)
+    val_loader = DataLoader(LabelledImages(root, val_items, prep, eval_tf), batch_size=64, num_workers=cfg.workers,
+                            collate_fn=_collate_readable) if val_items else None
 
     result = FinetuneResult()
     ckpt_path = os.path.join(out_dir, CHECKPOINT)

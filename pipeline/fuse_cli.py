@@ -19,6 +19,9 @@ from pipeline.finetune import FinetuneConfig
 @click.option("--head", "head_dir", required=True, help="HEAD_DIR from run_head.py (a linear head).")
 @click.option("--out", "out_dir", required=True, help="MODEL_DIR to write.")
 @click.option("--data", "data_root", default=None, help="Image root [default: the one the features came from].")
+@click.option("--features", "features_path", default=None,
+              help="The head's feature file, whose splits give the images to check and fine-tune on "
+                   "[default: the one recorded in the head].")
 @click.option("--finetune-epochs", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Body learning rate.")
 @click.option("--head-lr-mult", default=10.0, show_default=True, type=click.FloatRange(min=0), help="Head lr = lr x this.")
@@ -34,12 +37,13 @@ from pipeline.finetune import FinetuneConfig
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue an interrupted fine-tune from MODEL_DIR/checkpoint.pt.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
-def main(head_dir, out_dir, data_root, finetune_epochs, lr, head_lr_mult, freeze_stages, freeze_bn, batch_size, workers,
+def main(head_dir, out_dir, data_root, features_path, finetune_epochs, lr, head_lr_mult, freeze_stages, freeze_bn, batch_size, workers,
          device, precision, seed, resume, quiet) -> None:
     """Fuse a trained head into its backbone, fine-tune end to end (optional), export and verify."""
     ft = FinetuneConfig(epochs=finetune_epochs, lr=lr, head_lr_mult=head_lr_mult, freeze_stages=freeze_stages,
                         train_bn=not freeze_bn, batch_size=batch_size, workers=workers, seed=seed, resume=resume, progress=not quiet)
-    cfg = BuildConfig(head_dir=head_dir, out_dir=out_dir, data_root=data_root, finetune=ft, device=device,
+    cfg = BuildConfig(head_dir=head_dir, out_dir=out_dir, data_root=data_root, features_path=features_path,
+                      finetune=ft, device=device,
                       precision=precision)
     try:
         build_model(cfg, log=click.echo)

@@ -13,6 +13,7 @@ from pipeline.audit import AuditConfig, AuditError, audit_lines, run_audit
 from pipeline.heads import HeadTrainingError
 from pipeline.predict_features import predict_split
 from pipeline.streaming import parse_memory
+from pipeline.submission import SubmissionError
 from pipeline.train_head import HeadConfig, summary_lines, train_head
 
 _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -82,15 +83,28 @@ def fit(features_path, clf, C, cv, class_weight, init, epochs, kernel, seed, n_j
 @click.option("--head", "head_dir", required=True, help="HEAD_DIR written by run_head.py.")
 @click.option("--features", "features_path", required=True, help="Feature file made like the head's training features.")
 @click.option("--split", default="val", show_default=True)
-@click.option("--out", "out_csv", default=None, help="CSV of predictions (path, true, predicted, prob_<class>...).")
-def predict(head_dir, features_path, split, out_csv) -> None:
+@click.option("--format", "fmt", type=click.Choice(["rows", "submission"]), default="rows", show_default=True,
+              help="rows: path, true, predicted, prob_<class>...; submission: an id column plus one probability "
+                   "column per class.")
+@click.option("--template", default=None,
+              help="submission only: a sample submission whose id column, class columns and row order are kept.")
+@click.option("--out", "out_csv", default=None,
+              help="CSV to write [default: none for rows, submission.csv for --format submission].")
+def predict(head_dir, features_path, split, fmt, template, out_csv) -> None:
     """Predict the rows of one split of a feature file with a trained head."""
+    if fmt == "submission" and out_csv is None:
+        out_csv = "submission.csv"
     try:
-        result = predict_split(head_dir, features_path, split, out_csv)
-    except (FeatureFileError, HeadTrainingError, HeadError) as exc:
+        result = predict_split(head_dir, features_path, split, out_csv, fmt, template)
+    except (FeatureFileError, HeadTrainingError, HeadError, SubmissionError) as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write {out_csv}: {exc.strerror or exc}")
     written = f", written to {out_csv}" if out_csv else ""
-    click.echo(f"{split}: {result['n']} rows, accuracy {result['accuracy']:.4f}{written}")
+    accuracy = "unlabeled, no accuracy" if result["accuracy"] is None else f"accuracy {result['accuracy']:.4f}"
+    click.echo(f"{split}: {result['n']} rows, {accuracy}{written}")
+    for note in result["notes"]:
+        click.echo(note)
 
 
 @click.command(context_settings=_SETTINGS)

@@ -1,6 +1,6 @@
 """Predict classes of new images with an exported MODEL_DIR (no HDF5, no training state).
 
-``python -m pipeline.predict --model MODEL_DIR IMAGE_OR_DIR... [--format table|jsonl|csv] [--top-k K]``
+``python -m pipeline.predict --model MODEL_DIR IMAGE_OR_DIR... [--format table|jsonl|csv|submission] [--top-k K]``
 """
 
 from __future__ import annotations
@@ -12,14 +12,16 @@ import sys
 from dataclasses import dataclass
 
 import click
+import numpy as np
 import torch
 
 from features.devices import keep_freed_memory
-from features.images import UnreadableImage, load_rgb
+from features.images import UnreadableImage
 from features.preprocessing import Preprocessing
 from features.hashing import sha256_file
 from pipeline.artefacts import STAGING_SUFFIX
 from pipeline.export import EXPORTED_PROGRAM, SIDECAR
+from pipeline.submission import SubmissionError, build_submission, read_template, write_submission
 
 
 class ModelDirError(Exception):
@@ -79,7 +81,8 @@ def predict_images(model_dir: str, paths: list[str], top_k: int = 1, batch_size:
     """
     keep_freed_memory()
     model, sidecar = load_exported(model_dir)
-    transform = Preprocessing.from_json(json.dumps(sidecar["preprocessing"])).eval_transform()
+    preprocessing = Preprocessing.from_json(json.dumps(sidecar["preprocessing"]))
+    transform = preprocessing.eval_transform()
     classes = sidecar["classes"]
     predictions, skipped, pending = [], [], []
 
@@ -95,7 +98,7 @@ def predict_images(model_dir: str, paths: list[str], top_k: int = 1, batch_size:
 
     for path in paths:
         try:
-            pending.append((path, transform(load_rgb(path))))
+            pending.append((path, transform(preprocessing.load(path))))
         except UnreadableImage as exc:
             skipped.append((path, str(exc)))
         except OSError as exc:
@@ -106,17 +109,46 @@ def predict_images(model_dir: str, paths: list[str], top_k: int = 1, batch_size:
     return predictions, skipped
 
 
+def _submission(predictions: list[Prediction], model_dir: str, template: str | None, out: str | None) -> list[str]:
+    """Write every class's probability per image as a submission (to ``out`` or stdout); returns notes."""
+    with open(os.path.join(model_dir, SIDECAR), encoding="utf-8") as fh:
+        classes = json.load(fh)["classes"]
+    probs = [[dict(p.top)[c] for c in classes] for p in predictions]
+    submission = build_submission([p.path for p in predictions], np.array(probs, dtype=np.float64),
+                                  classes, read_template(template) if template else None)
+    if out:
+        write_submission(out, submission)
+    else:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(submission.header)
+        writer.writerows(submission.rows)
+    return submission.notes
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "model_dir", required=True, help="MODEL_DIR written by pipeline.fuse.")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv", "submission"]), default="table",
+              show_default=True, help="submission: an id (file name without extension) plus one probability column "
+                                      "per class.")
 @click.option("--top-k", default=1, show_default=True, type=click.IntRange(min=1))
-def main(model_dir, inputs, fmt, top_k) -> None:
+@click.option("--template", default=None,
+              help="submission only: a sample submission whose id column, class columns and row order are kept.")
+@click.option("--out", default=None, help="submission only: write the CSV here instead of to stdout.")
+def main(model_dir, inputs, fmt, top_k, template, out) -> None:
     """Print class and probability for each image (folders are searched recursively)."""
+    if (template or out) and fmt != "submission":
+        click.echo("error: --template and --out apply to --format submission", err=True)
+        sys.exit(2)
     try:
-        predictions, skipped = predict_images(model_dir, expand_inputs(list(inputs)), top_k)
-    except ModelDirError as exc:
+        predictions, skipped = predict_images(model_dir, expand_inputs(list(inputs)),
+                                              10**9 if fmt == "submission" else top_k)
+        notes = _submission(predictions, model_dir, template, out) if fmt == "submission" and predictions else []
+    except (ModelDirError, SubmissionError) as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        click.echo(f"error: cannot write {out}: {exc.strerror or exc}", err=True)
         sys.exit(2)
     if fmt == "jsonl":
         for p in predictions:
@@ -127,9 +159,11 @@ def main(model_dir, inputs, fmt, top_k) -> None:
         writer.writerow(["path", "class", "prob"] + [f"{k}{i}" for i in range(2, top_k + 1) for k in ("class", "prob")])
         for p in predictions:
             writer.writerow([p.path] + [x for c, v in p.top for x in (c, f"{v:.6f}")])
-    else:
+    elif fmt == "table":
         for p in predictions:
             click.echo(f"{p.path}\t" + "  ".join(f"{c} {v:.3f}" for c, v in p.top))
+    for note in notes:
+        click.echo(note, err=True)
     for path, reason in skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
     if not predictions:

@@ -15,6 +15,7 @@ from features.data import find_train_split
 from features.exclude import ExcludeList, read_exclude
 from features.store import FeatureFile, SplitData
 from pipeline.artefacts import staged_folder
+from pipeline.file_splits import unlabeled_splits
 from pipeline.affine import AffineHead, save_affine, write_head_meta
 from pipeline.heads import HeadTrainingError, TorchLinearHead, affine_of, choose_C, make_estimator, sweep_jobs
 from pipeline.metrics import classification_report, format_report, save_confusion_png
@@ -128,9 +129,14 @@ def train_head(cfg: HeadConfig) -> HeadResult:
     peak = PeakMemory()
     with FeatureFile(cfg.features_path) as ff:
         classes = ff.classes
-        train_split = find_train_split(ff.splits)
+        unlabeled = unlabeled_splits(ff)
+        train_split = find_train_split([s for s in ff.splits if s not in unlabeled])
         if train_split is None:
-            raise HeadTrainingError(f"{cfg.features_path}: no training split among {', '.join(ff.splits)}")
+            raise HeadTrainingError(f"{cfg.features_path}: no labeled training split among {', '.join(ff.splits)}")
+        evaluated = [s for s in ff.splits if s != train_split and s not in unlabeled]
+        for name in unlabeled:
+            notes.append(f"{name}: {ff.n_rows(name)} unlabeled rows, no metrics; predict them with "
+                         f"run_head.py predict --split {name} --format submission")
         streaming = matrix_bytes(ff.n_rows(train_split), ff.feature_dim) > max_memory
         exclude = read_exclude(cfg.exclude) if cfg.exclude else None
         if streaming and exclude is not None:
@@ -149,14 +155,14 @@ def train_head(cfg: HeadConfig) -> HeadResult:
         data_root = ff.data_root
         peak.start()
         if streaming:
-            fitted = _fit_streaming(cfg, ff, train_split, classes, init, max_memory)
+            fitted = _fit_streaming(cfg, ff, train_split, evaluated, classes, init, max_memory)
         else:
-            fitted = _fit_in_memory(cfg, ff, train_split, classes, init, notes, exclude)
+            fitted = _fit_in_memory(cfg, ff, train_split, evaluated, classes, init, notes, exclude)
         memory_growth = peak.growth()
     total_seconds = time.perf_counter() - started
     if not fitted.splits:
-        notes.append(f"no split besides {train_split!r}: only the {'held-out' if streaming else 'cross-validated'} "
-                     "estimate is reported")
+        notes.append(f"no labeled split besides {train_split!r}: only the "
+                     f"{'held-out' if streaming else 'cross-validated'} estimate is reported")
 
     fusable = not (cfg.clf == "svm" and cfg.kernel != "linear")
     report = {
@@ -187,11 +193,13 @@ def train_head(cfg: HeadConfig) -> HeadResult:
         "feature_identity": {k: v for k, v in identity.items() if k != "weights_source"},
         "splits": fitted.splits,
         "exclude": fitted.exclude,
+        "unlabeled_splits": unlabeled,
     }
     with staged_folder(cfg.out_dir) as work:
         if fitted.estimator is not None:
             _save_estimator(fitted.estimator, work)
-        extra = {"data_root": data_root, "C": fitted.C, "train_split": train_split}
+        extra = {"data_root": data_root, "C": fitted.C, "train_split": train_split,
+                 "features": os.path.abspath(cfg.features_path)}
         if fitted.exclude is not None:
             extra["exclude"] = fitted.exclude
         if fusable:
@@ -207,9 +215,10 @@ def train_head(cfg: HeadConfig) -> HeadResult:
     return HeadResult(report, notes)
 
 
-def _fit_in_memory(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: list[str], init, notes: list[str],
-                   exclude: ExcludeList | None = None) -> _Fitted:
-    """Load the training split (less the ``exclude`` list's images), choose C by K-fold CV, fit, and evaluate the other splits."""
+def _fit_in_memory(cfg: HeadConfig, ff: FeatureFile, train_split: str, evaluated: list[str], classes: list[str], init,
+                   notes: list[str], exclude: ExcludeList | None = None) -> _Fitted:
+    """Load the training split (less the ``exclude`` list's images), choose C by K-fold CV, fit, and evaluate the
+    ``evaluated`` (labeled) splits."""
     train = ff.read_split(train_split)
     excluded = None
     if exclude is not None:
@@ -217,6 +226,8 @@ def _fit_in_memory(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: 
         notes.append(f"--exclude: left out {excluded['excluded']} training images ({excluded['excluded_rows']} rows) "
                      f"of the {excluded['listed']} paths listed in {cfg.exclude}")
     check_finite(train.features, f"split {train_split!r}")
+    if (train.labels < 0).any():
+        raise HeadTrainingError(f"split {train_split!r} has {int((train.labels < 0).sum())} unlabeled rows (label -1)")
     present = np.unique(train.labels)
     if len(present) < 2:
         raise HeadTrainingError(f"split {train_split!r} has a single class ({classes[present[0]] if len(present) else 'none'}); a classifier needs two or more")
@@ -239,11 +250,10 @@ def _fit_in_memory(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: 
     estimator.fit(train.features, train.labels)  # every class has training rows (checked above)
     fit_seconds = time.perf_counter() - fit_started
     splits = {}
-    for name in ff.splits:
-        if name != train_split:
-            data = ff.read_split(name).clean()
-            check_finite(data.features, f"split {name!r}")
-            splits[name] = classification_report(data.labels, estimator.predict(data.features), classes)
+    for name in evaluated:
+        data = ff.read_split(name).clean()
+        check_finite(data.features, f"split {name!r}")
+        splits[name] = classification_report(data.labels, estimator.predict(data.features), classes)
     linear = not (cfg.clf == "svm" and cfg.kernel != "linear")
     return _Fitted(C, "cross-validation on the training split" if cv else "fixed",
                    cv.cv_score if cv else None, cv.folds if cv else None, cv.grid if cv else None, fit_seconds,
@@ -260,7 +270,7 @@ def _without(data: SplitData, exclude: ExcludeList) -> tuple[SplitData, dict]:
     return kept, record
 
 
-def _fit_streaming(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: list[str], init,
+def _fit_streaming(cfg: HeadConfig, ff: FeatureFile, train_split: str, evaluated: list[str], classes: list[str], init,
                    max_memory: int) -> _Fitted:
     """Fit from chunks of the training split and evaluate the other splits chunk by chunk."""
     ff.verify()  # chunked reads skip checksums: check the whole file once, in bounded memory
@@ -271,19 +281,18 @@ def _fit_streaming(cfg: HeadConfig, ff: FeatureFile, train_split: str, classes: 
     fit_seconds = time.perf_counter() - fit_started
     head = AffineHead(fit.W, fit.b, classes, {}, cfg.clf, {})
     splits = {}
-    for name in ff.splits:
-        if name != train_split:
-            labels, predicted = [], []
-            for chunk in RowStream(ff, name, chunk_rows).chunks():
-                for start in range(0, len(chunk.y), MINIBATCH):  # small float64 logits, not a chunk-sized copy
-                    block = slice(start, start + MINIBATCH)
-                    clean = chunk.view[block] == 0
-                    X = chunk.X[block][clean]
-                    check_finite(X, f"split {name!r}")
-                    labels.append(chunk.y[block][clean])
-                    predicted.append(head.logits(X).argmax(1))
-                del chunk
-            splits[name] = classification_report(np.concatenate(labels), np.concatenate(predicted), classes)
+    for name in evaluated:
+        labels, predicted = [], []
+        for chunk in RowStream(ff, name, chunk_rows).chunks():
+            for start in range(0, len(chunk.y), MINIBATCH):  # small float64 logits, not a chunk-sized copy
+                block = slice(start, start + MINIBATCH)
+                clean = chunk.view[block] == 0
+                X = chunk.X[block][clean]
+                check_finite(X, f"split {name!r}")
+                labels.append(chunk.y[block][clean])
+                predicted.append(head.logits(X).argmax(1))
+            del chunk
+        splits[name] = classification_report(np.concatenate(labels), np.concatenate(predicted), classes)
     held_out = f"held-out fifth of the training images (streaming, {len(STREAMING_C_GRID)} values)"
     return _Fitted(fit.C, held_out if fit.curve else "fixed", fit.holdout_score, None, fit.curve, fit_seconds,
                    fit.stats.rows, fit.stats.images, fit.stats.rows > fit.stats.images, splits, (fit.W, fit.b),

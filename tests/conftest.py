@@ -118,3 +118,44 @@ def hymenoptera_lite0_views(hymenoptera, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("hymv") / "hymenoptera-lite0-views4.h5")
     extract(ExtractConfig(data_root=hymenoptera, out_path=out, views=4, progress=False))
     return out
+
+
+def make_kaggle(root: str, train: dict[str, int], test: dict[str, int], seed: int = 0,
+                label_column: str = "breed") -> dict[str, str]:
+    """A Kaggle-style dataset of real JPEGs: flat ``train/<id>.jpg`` + ``labels.csv`` (``id,<label_column>``),
+    a flat unlabeled ``test/<id>.jpg`` and ``sample_submission.csv`` (``id`` + one column per class).
+
+    Images are tinted per class like :func:`make_imagefolder`'s. Ids are opaque hex strings, so the
+    class cannot be read from a file name. Returns the held-back truth of the test images, by id.
+    """
+    import csv
+    import hashlib
+
+    classes = sorted(set(train) | set(test))
+    truth, rows, n = {}, [], 0
+    for part, counts in (("train", train), ("test", test)):
+        for cls, count in sorted(counts.items()):
+            label = classes.index(cls)
+            for _ in range(count):
+                image_id = hashlib.sha1(f"{seed}-{n}".encode()).hexdigest()[:10]
+                rng = np.random.default_rng(seed + n)
+                arr = rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+                arr[..., label % 3] = 255 - label * 60
+                path = os.path.join(root, part, f"{image_id}.jpg")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                Image.fromarray(arr).save(path, quality=90)
+                if part == "train":
+                    rows.append((image_id, cls))
+                else:
+                    truth[image_id] = cls
+                n += 1
+    with open(os.path.join(root, "labels.csv"), "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", label_column])
+        writer.writerows(sorted(rows))
+    with open(os.path.join(root, "sample_submission.csv"), "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id"] + classes)
+        for image_id in sorted(truth):
+            writer.writerow([image_id] + [f"{1 / len(classes):.4f}"] * len(classes))
+    return truth
