@@ -9,6 +9,7 @@ import click
 from features.backbones import BackboneError
 from features.data import DatasetError
 from features.locking import LockError
+from features.store import FeatureFileError
 from pipeline.affine import HeadError
 from pipeline.build_model import BuildConfig, build_model
 from pipeline.export import ExportMismatch
@@ -47,7 +48,7 @@ def main(head_dir, out_dir, data_root, features_path, finetune_epochs, lr, head_
                       precision=precision)
     try:
         build_model(cfg, log=click.echo)
-    except (HeadError, DatasetError, BackboneError, ExportMismatch, LockError, ValueError) as exc:
+    except (HeadError, DatasetError, BackboneError, ExportMismatch, FeatureFileError, LockError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
