@@ -48,7 +48,7 @@ def _datasets(out_dir: str, per_class: int | None) -> tuple[str, str, float]:
 def section_phone(out_dir: str, quick: bool) -> list[str]:
     """Extraction rate on 12 MP phone copies against the originals, the bound, and the head's accuracy on both."""
     phone, original, mb = _datasets(out_dir, 12 if quick else None)
-    lines = ["## 7. Phone photos: 12 MP copies of hymenoptera (efficientnet_lite0 fp32, batch 32)", "",
+    lines = ["## 8. Phone photos: 12 MP copies of hymenoptera (efficientnet_lite0 fp32, batch 32)", "",
              f"Every hymenoptera image upscaled to 4032x3024 (bicubic), stored turned a quarter with EXIF "
              f"Orientation 6 as a phone held upright stores it, JPEG quality 92 ({mb:.2f} MB on average). "
              "Extraction applies the tag and decodes these JPEGs at 1/8 scale in the DCT domain "

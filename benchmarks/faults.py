@@ -71,11 +71,11 @@ def extract_args(data: str, out: str) -> list[str]:
 
 
 def make_dataset(root: str) -> str:
-    """64 generated JPEGs in two classes and two splits, plus one broken file (a recorded skip)."""
+    """40 generated JPEGs in two classes and two splits, plus one broken file (a recorded skip)."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for split, per_class in (("train", 24), ("val", 8)):
+    for split, per_class in (("train", 16), ("val", 4)):
         for label, cls in enumerate(("a", "b")):
             folder = os.path.join(root, split, cls)
             os.makedirs(folder, exist_ok=True)

@@ -1,6 +1,10 @@
 """``make bench``: run every section on this machine and write BENCHMARKS.md.
 
 ``python benchmarks/run.py [--quick] [--out BENCHMARKS.md]``
+
+``--sections audit,phone`` runs only the named sections (``extraction``, ``time``, ``heads``,
+``memory``, ``precision``, ``scale``, ``audit``, ``phone``; ``precision`` needs ``extraction``)
+and replaces them in the existing file, each marked with its own command, date and machine.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import re
 import time
 
 from benchmarks.bench_audit import section_audit
@@ -23,6 +28,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer sizes and epochs (a smoke run, not for quoting)")
     parser.add_argument("--out", default=os.path.join(REPO, "BENCHMARKS.md"))
     parser.add_argument("--work", default=os.path.join(REPO, "bench_out"))
+    parser.add_argument("--sections", default=None, help="comma-separated sections to run and replace in --out")
     args = parser.parse_args()
     if not os.path.isdir(HYMENOPTERA):
         raise SystemExit(f"error: the benchmarks need {HYMENOPTERA}")
@@ -37,15 +43,28 @@ def main() -> None:
         print(f"[bench] {title}: {time.perf_counter() - t:.0f} s", flush=True)
         return result
 
-    extraction, files, rates = timed("extraction", section_extraction, args.work, args.quick)
-    sections.append(extraction)
-    sections.append(timed("time to accuracy", section_time_to_accuracy, args.work, args.quick))
-    sections.append(timed("head scaling", section_head_scaling, args.quick))
-    sections.append(timed("memory", section_memory, args.work, args.quick))
-    sections.append(timed("precision", section_precision, args.work, files, rates))
-    sections.append(timed("scaling out", section_scale_out, args.work, args.quick))
-    sections.append(timed("data audit", section_audit, args.work, args.quick))
-    sections.append(timed("phone photos", section_phone, args.work, args.quick))
+    wanted = set(args.sections.split(",")) if args.sections else None
+    known = {"extraction", "time", "heads", "memory", "precision", "scale", "audit", "phone"}
+    if wanted is not None and not wanted <= known:
+        raise SystemExit(f"error: unknown sections {', '.join(sorted(wanted - known))} (known: {', '.join(sorted(known))})")
+    steps = [("time", "time to accuracy", section_time_to_accuracy, (args.work, args.quick)),
+             ("heads", "head scaling", section_head_scaling, (args.quick,)),
+             ("memory", "memory", section_memory, (args.work, args.quick)),
+             ("scale", "scaling out", section_scale_out, (args.work, args.quick)),
+             ("audit", "data audit", section_audit, (args.work, args.quick)),
+             ("phone", "phone photos", section_phone, (args.work, args.quick))]
+    if wanted is None or wanted & {"extraction", "precision"}:
+        extraction, files, rates = timed("extraction", section_extraction, args.work, args.quick)
+        sections.append(extraction)
+    for key, title, fn, fn_args in steps:
+        if wanted is None or key in wanted:
+            sections.append(timed(title, fn, *fn_args))
+    if wanted is None or "precision" in wanted:
+        sections.insert(4 if wanted is None else len(sections), timed("precision", section_precision, args.work, files, rates))
+    if wanted is not None:
+        _replace_sections(args.out, sections, f"python benchmarks/run.py --sections {args.sections}")
+        print(f"updated {len(sections)} sections of {args.out}")
+        return
     total = time.perf_counter() - started
     mode = "quick (smoke run: fewer sizes and epochs)" if args.quick else "full"
     header = ["# Benchmarks", "",
@@ -56,6 +75,21 @@ def main() -> None:
     with open(args.out, "w", encoding="utf-8") as fh:
         fh.write("\n".join(header + [line for section in sections for line in section]) + "\n")
     print(f"wrote {args.out} in {total / 60:.1f} min")
+
+
+def _replace_sections(path: str, sections: list[list[str]], command: str) -> None:
+    """Put each new section in place of the one with the same number (or at the end), marked with its run."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    stamp = (f"_This section was measured separately, by `{command}` on {dt.date.today().isoformat()}:_ "
+             + " ".join(line.lstrip("- ") for line in machine_description()))
+    for lines in sections:
+        number = re.match(r"## (\d+)\.", lines[0]).group(1)
+        block = "\n".join([lines[0], "", stamp] + lines[1:]) + "\n"
+        pattern = re.compile(rf"^## {number}\..*?(?=^## \d+\.|\Z)", re.S | re.M)
+        text = pattern.sub(lambda _: block + "\n", text, count=1) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 if __name__ == "__main__":
