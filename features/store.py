@@ -33,7 +33,6 @@ REQUIRED_ATTRS = (
 IDENTITY_ATTRS = ("backbone", "weights", "feature_layer", "feature_dim", "preprocessing", "classes", "splits", "data_root", "config")
 ROW_DATASETS = ("features", "labels", "paths", "image_index", "view")
 ROWS_PER_CHUNK = 256
-_STR = h5py.string_dtype("utf-8")
 
 
 class FeatureFileError(Exception):

@@ -86,7 +86,7 @@ def test_preprocessing_records_decoding_and_reads_old_records():
 
 def test_finetuning_and_prediction_decode_like_extraction(tmp_path):
     """Fine-tuning's datasets turn a tagged photo upright (the exported model's prediction: test_submission.py)."""
-    path = _save_tagged(_upright().resize((120, 80)), str(tmp_path / "phone.png"), 6)
+    _save_tagged(_upright().resize((120, 80)), str(tmp_path / "phone.png"), 6)
     upright = str(tmp_path / "upright.png")
     _upright().resize((120, 80)).save(upright)
     p = load_backbone("tiny_cnn", "none").preprocessing
