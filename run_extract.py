@@ -10,4 +10,8 @@ except KeyboardInterrupt:  # Ctrl-C while the libraries load
     sys.exit(130)
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # outside the commands' own handling (option parsing, the closing summary)
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
