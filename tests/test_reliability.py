@@ -63,7 +63,11 @@ def test_second_writer_is_refused_and_the_first_finishes(dataset, reference, tmp
     first = subprocess.Popen([*EXTRACT, *_args(dataset, out)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     wait_for_committed(out + PARTIAL_SUFFIX, "train", 4, first)
-    second = run_cli("run_extract.py", *_args(dataset, out))
+    first.send_signal(signal.SIGSTOP)  # a writer that is still busy, however fast this machine is
+    try:
+        second = run_cli("run_extract.py", *_args(dataset, out))
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert second.returncode == 2
     _one_line_error(second.stderr, f"being written by pid {first.pid} on ")
     _, err = first.communicate(timeout=300)
