@@ -16,6 +16,9 @@ from pipeline.streaming import parse_memory
 from pipeline.submission import SubmissionError
 from pipeline.train_head import HeadConfig, summary_lines, train_head
 
+# Every failure a user can cause: one ``error:`` line and exit 2, the same for each subcommand.
+_USER_ERRORS = (FeatureFileError, HeadTrainingError, HeadError, LockError, SubmissionError, AuditError, ValueError)
+
 _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -74,7 +77,7 @@ def fit(features_path, clf, C, cv, class_weight, init, epochs, kernel, seed, n_j
                      seed=seed, n_jobs=n_jobs, kernel=kernel, max_memory=max_memory, passes=passes, exclude=exclude)
     try:
         result = train_head(cfg)
-    except (FeatureFileError, HeadTrainingError, HeadError, LockError, ValueError) as exc:
+    except _USER_ERRORS as exc:
         _fail(str(exc))
     click.echo("\n".join(summary_lines(result, out_dir)))
 
@@ -96,7 +99,7 @@ def predict(head_dir, features_path, split, fmt, template, out_csv) -> None:
         out_csv = "submission.csv"
     try:
         result = predict_split(head_dir, features_path, split, out_csv, fmt, template)
-    except (FeatureFileError, HeadTrainingError, HeadError, SubmissionError) as exc:
+    except _USER_ERRORS as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write {out_csv}: {exc.strerror or exc}")
@@ -125,7 +128,7 @@ def audit(features_path, head_dir, out_dir, overwrite, data_root, neighbours, to
                       overwrite=overwrite, cv=cv, seed=seed, neighbours=neighbours, top=top, n_jobs=n_jobs)
     try:
         result = run_audit(cfg)
-    except (FeatureFileError, HeadTrainingError, HeadError, AuditError, ValueError) as exc:
+    except _USER_ERRORS as exc:
         _fail(str(exc))
     click.echo("\n".join(audit_lines(result, out_dir)))
 
