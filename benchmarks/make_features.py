@@ -7,11 +7,13 @@ generated and written in blocks so the generator itself stays small.
 
 from __future__ import annotations
 
-import json
 import sys
 
 import numpy as np
 
+from features.identity import FeatureIdentity
+from features.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from features.store import file_attrs
 from features.writer import open_writer
 
 CLASSES = [f"class{i}" for i in range(10)]
@@ -21,10 +23,10 @@ BLOCK = 10_000
 def main(out: str, train_rows: int, dim: int) -> None:
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 0.08, size=(len(CLASSES), dim)).astype(np.float32)
-    attrs = {"backbone": "generated", "weights": "none", "weights_source": "generated", "feature_layer": "none",
-             "feature_dim": dim, "preprocessing": json.dumps({}), "classes": json.dumps(CLASSES),
-             "splits": json.dumps(["train", "val"]), "data_root": "generated", "config": json.dumps({"seed": 0}),
-             "versions": "{}", "created": "2026-01-01T00:00:00+00:00"}
+    identity = FeatureIdentity(backbone="generated", weights="none", feature_layer="none", feature_dim=dim,
+                               preprocessing=Preprocessing(256, 224, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
+                               classes=tuple(CLASSES), weights_source="generated")
+    attrs = file_attrs(identity, ["train", "val"], "generated", {"seed": 0}, {}, created="2026-01-01T00:00:00+00:00")
     sizes = {"train": train_rows, "val": 2000}
     writer = open_writer(out, attrs, sizes, dim, "float32", overwrite=True).writer
     for split, n in sizes.items():

@@ -1,9 +1,7 @@
-"""``run_extract.py`` / ``tlcache-extract``: parse options and call :func:`features.extract.extract`;
-``run_extract.py verify FILE...`` checks feature files in full.
+"""``run_extract.py`` / ``tlcache extract``: parse options and call :func:`features.extract.extract`;
+``run_extract.py verify FILE...`` (``tlcache verify``) checks feature files in full.
 
-Exit codes: 0 done; 1 nothing readable in the dataset; 2 bad input, a damaged file, or
-an output another run is writing; 4 the output could not be written (disk full, quota,
-I/O error; rerun to resume); 130 interrupted (rerun to resume).
+Exit codes are those of :mod:`features.cli_common`.
 """
 
 from __future__ import annotations
@@ -13,25 +11,15 @@ import sys
 
 import click
 
-from features.backbones import BackboneError, backbone_table
-from features.data import DatasetError
+from features.backbones import backbone_table
+from features.cli_common import (CONTEXT_SETTINGS, EXIT_BAD_INPUT, USER_ERRORS, batch_size_option, device_option,
+                                 exit_codes, fail, precision_option, quiet_option, seed_option, workers_option)
 from features.distributed import shard_from_env
-from features.extract import ExtractConfig, ExtractionError, extract
-from features.interrupt import Interrupted
-from features.locking import LockError
+from features.extract import ExtractConfig, extract
 from features.store import FeatureFile, FeatureFileError
-from features.writer import WriteFailed
 
 
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-@click.command(context_settings=_SETTINGS)
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--data", "data_root", type=str,
               help="Dataset root: ROOT/SPLIT/CLASS/IMAGE, ROOT/CLASS/IMAGE, or the images of --labels.")
 @click.option("--labels", type=str, default=None,
@@ -48,11 +36,10 @@ _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 @click.option("--weights", default="DEFAULT", show_default=True,
               help="DEFAULT, a torchvision weights name (IMAGENET1K_V1), a state_dict PATH, or none.")
 @click.option("--out", "out_path", type=str, help="Output HDF5 file [default: ROOTNAME-BACKBONE.h5].")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader decode workers [default: 0 on 2 CPU cores, more on larger machines and GPUs].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="auto: fp16 autocast on CUDA, fp32 on CPU.")
+@batch_size_option(32)
+@workers_option(None, "DataLoader decode workers [default: 0 on 2 CPU cores, more on larger machines and GPUs].")
+@device_option()
+@precision_option("auto: fp16 autocast on CUDA, fp32 on CPU.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Storage type of the features.")
 @click.option("--views", default=0, show_default=True, type=click.IntRange(min=0),
@@ -60,12 +47,12 @@ _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="One labeled split only (an ImageFolder, or --labels without a split column): "
                    "stratified fraction moved to a val split.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the val split and of the augmented views.")
+@seed_option("Seed of the val split and of the augmented views.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file made with another configuration.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N files of each split (smoke runs).")
 @click.option("--exclude", "exclude", default=None,
               help="File of dataset-relative paths to leave out, one per line (exclude.txt of run_head.py audit).")
-@click.option("--quiet", is_flag=True, help="No progress line.")
+@quiet_option()
 @click.option("--list-backbones", is_flag=True, help="List the registered backbones and exit.")
 def extract_command(data_root, labels, image_column, label_column, unlabeled, backbone, weights, out_path, batch_size,
                     workers, device, precision, dtype, views, val_fraction, seed, overwrite, limit, exclude, quiet,
@@ -79,35 +66,27 @@ def extract_command(data_root, labels, image_column, label_column, unlabeled, ba
         click.echo("\n".join(backbone_table()))
         return
     if not data_root:
-        _fail("--data ROOT is required (or use --list-backbones)")
+        fail("--data ROOT is required (or use --list-backbones)")
     if out_path is None:
         out_path = f"{os.path.basename(os.path.normpath(data_root))}-{backbone}.h5"
     try:
         shard = shard_from_env(os.environ)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     cfg = ExtractConfig(data_root=data_root, out_path=out_path, backbone=backbone, weights=weights,
                         batch_size=batch_size, workers=workers, device=device, precision=precision, dtype=dtype,
                         views=views, val_fraction=val_fraction, seed=seed, overwrite=overwrite, limit=limit,
                         progress=not quiet, shard=shard, exclude=exclude, labels=labels, image_column=image_column,
                         label_column=label_column, unlabeled=tuple(unlabeled))
-    try:
+    with exit_codes(USER_ERRORS, f"interrupted; rerun the same command to resume {out_path}"):
         summary = extract(cfg)
-    except (DatasetError, BackboneError, FeatureFileError, LockError, ValueError) as exc:
-        _fail(str(exc))
-    except ExtractionError as exc:
-        _fail(str(exc), code=1)
-    except WriteFailed as exc:
-        _fail(str(exc), code=4)
-    except (Interrupted, KeyboardInterrupt):
-        _fail(f"interrupted; rerun the same command to resume {out_path}", code=130)
     if summary.status == "shard written":
         click.echo(f"rank {shard.rank}: shard complete, {summary.path}")
     else:
         click.echo("\n".join(summary.lines()))
 
 
-@click.command(context_settings=_SETTINGS)
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("paths", nargs=-1, required=True)
 def verify(paths) -> None:
     """Check feature files in full: structure, attributes and every split's checksum."""
@@ -124,7 +103,7 @@ def verify(paths) -> None:
         rows = ", ".join(f"{split} {n} rows" for split, n in checked.items())
         click.echo(f"ok: {path} ({rows})" + (" - version 1 file: structure only, it has no checksums" if unchecked else ""))
     if damaged:
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as _dt
 import hashlib
 import json
 import os
@@ -29,7 +28,8 @@ from features.images import UnreadableImage
 from features.interrupt import StopRequest, stop_between_batches
 from features.locking import output_lock
 from features.progress import Progress
-from features.store import PARTIAL_SUFFIX
+from features.identity import FeatureIdentity
+from features.store import PARTIAL_SUFFIX, file_attrs
 from features.writer import FeatureWriter, check_output_path, final_file_up_to_date, merge_shards, open_writer
 
 
@@ -192,7 +192,7 @@ def _inventory_hash(samples: list[Sample]) -> str:
 
 
 def _file_attrs(cfg: ExtractConfig, layout: DatasetLayout, splits: dict[str, list[Sample]], backbone: Backbone,
-                views_split: str | None, precision: str) -> dict:
+                views_split: str | None, precision: str, excluded: dict | None) -> dict:
     config = {
         "views": cfg.views,
         "views_split": views_split,
@@ -206,22 +206,11 @@ def _file_attrs(cfg: ExtractConfig, layout: DatasetLayout, splits: dict[str, lis
         "unlabeled_splits": list(layout.unlabeled),
         "id_form": layout.id_form,
     }
+    if excluded is not None:  # part of the config attribute, hence of what a resume must match
+        config["exclude"] = excluded
     versions = {"tlcache": features.__version__, "torch": torch.__version__,
                 "torchvision": torchvision.__version__, "h5py": h5py.__version__, "numpy": np.__version__}
-    return {
-        "backbone": backbone.spec.name,
-        "weights": backbone.weights.identity,
-        "weights_source": backbone.weights.source,
-        "feature_layer": backbone.spec.feature_layer,
-        "feature_dim": backbone.feature_dim,
-        "preprocessing": backbone.preprocessing.to_json(),
-        "classes": json.dumps(layout.classes),
-        "splits": json.dumps(list(splits)),
-        "data_root": layout.root,
-        "config": json.dumps(config, sort_keys=True),
-        "versions": json.dumps(versions, sort_keys=True),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    return file_attrs(FeatureIdentity.of_backbone(backbone, layout.classes), list(splits), layout.root, config, versions)
 
 
 def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample], offset: int, backbone: Backbone,
@@ -329,9 +318,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
 
     check_output_path(cfg.out_path)
     backbone = load_backbone(cfg.backbone, cfg.weights)
-    attrs = _file_attrs(cfg, layout, splits, backbone, views_split, precision)
-    if excluded is not None:  # part of the config attribute, hence of the file's identity
-        attrs["config"] = json.dumps(dict(json.loads(attrs["config"]), exclude=excluded), sort_keys=True)
+    attrs = _file_attrs(cfg, layout, splits, backbone, views_split, precision, excluded)
     summary = ExtractSummary(cfg.out_path, "", backbone.spec.name, backbone.weights.identity, backbone.feature_dim,
                              str(device), precision, layout.classes)
     if excluded is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 
@@ -58,14 +57,21 @@ class Preprocessing:
     exif_orientation: bool = True
     jpeg_draft: bool = True
 
-    def to_json(self) -> str:
-        """Serialise to a canonical JSON string (sorted keys)."""
-        return json.dumps(asdict(self), sort_keys=True)
+    def to_dict(self) -> dict:
+        """A JSON-ready dict of every field."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_json(cls, text: str) -> "Preprocessing":
-        """Inverse of :meth:`to_json`."""
-        raw = json.loads(text)
+    def from_dict(cls, raw: dict) -> "Preprocessing":
+        """Inverse of :meth:`to_dict`; records without the decoding fields read them as ``False``.
+
+        Raises
+        ------
+        KeyError, ValueError, TypeError
+            A missing or malformed field.
+        """
+        if raw["interpolation"] not in _INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {raw['interpolation']!r}")
         return cls(
             resize_size=int(raw["resize_size"]),
             crop_size=int(raw["crop_size"]),

@@ -10,6 +10,7 @@ format and turns HDF5 errors and checksum mismatches into one-line
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import hashlib
 import json
 import os
@@ -19,18 +20,17 @@ from typing import Iterator
 import h5py
 import numpy as np
 
+from features.identity import IDENTITY_FIELDS, FeatureIdentity
+
 SCHEMA = "tlcache.features"
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 files carry no checksums
 PARTIAL_SUFFIX = ".partial"
 
+# Root attributes besides the identity's that a resume or a "nothing to do" rerun must match.
+EXTRACTION_ATTRS = ("splits", "data_root", "config")
 # Root attributes every reader requires (besides schema, schema_version, complete).
-REQUIRED_ATTRS = (
-    "backbone", "weights", "weights_source", "feature_layer", "feature_dim", "preprocessing",
-    "classes", "splits", "data_root", "config", "versions", "created",
-)
-# Attributes that must match for a resume or a "nothing to do" rerun.
-IDENTITY_ATTRS = ("backbone", "weights", "feature_layer", "feature_dim", "preprocessing", "classes", "splits", "data_root", "config")
+REQUIRED_ATTRS = IDENTITY_FIELDS + EXTRACTION_ATTRS + ("versions", "created")
 ROW_DATASETS = ("features", "labels", "paths", "image_index", "view")
 ROWS_PER_CHUNK = 256
 
@@ -61,6 +61,30 @@ def _reading(path: str) -> Iterator[None]:
     except _H5_ERRORS as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DamagedFile(f"damaged feature file: {path}: {reason}") from None
+
+
+def file_attrs(identity: FeatureIdentity, splits: list[str], data_root: str, config: dict, versions: dict,
+               created: str | None = None) -> dict:
+    """Every required root attribute of a feature file (the writer adds schema, checksums and ``complete``).
+
+    Parameters
+    ----------
+    identity : FeatureIdentity
+    splits : list of str
+        Split names, in the order they are written.
+    data_root : str
+        Folder the rows' paths are relative to.
+    config : dict
+        Extraction options that change the rows (views, seed, ...).
+    versions : dict
+        Library versions that made the file.
+    created : str, optional
+        ISO 8601 time; now when omitted.
+    """
+    created = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return {**identity.to_attrs(), "splits": json.dumps(list(splits)), "data_root": data_root,
+            "config": json.dumps(config, sort_keys=True), "versions": json.dumps(versions, sort_keys=True),
+            "created": created}
 
 
 def attrs_checksum(attrs) -> str:
@@ -179,6 +203,7 @@ class FeatureFile:
             raise DamagedFile(f"damaged feature file: {self.path}: missing root attributes {', '.join(missing)}")
         if version >= 2 and a.get("attrs_sha256") != attrs_checksum(a):
             raise DamagedFile(f"damaged feature file: {self.path}: root attributes do not match their checksum")
+        FeatureIdentity.from_attrs(a)  # a malformed identity is a damaged file (see _reading)
         dim = int(a["feature_dim"])
         for split in self.splits:
             if split not in self._h5:
@@ -224,10 +249,6 @@ class FeatureFile:
         return json.loads(self._h5.attrs["splits"])
 
     @property
-    def preprocessing_json(self) -> str:
-        return str(self._h5.attrs["preprocessing"])
-
-    @property
     def config(self) -> dict:
         return json.loads(self._h5.attrs["config"])
 
@@ -235,18 +256,10 @@ class FeatureFile:
     def data_root(self) -> str:
         return str(self._h5.attrs["data_root"])
 
-    def identity(self) -> dict:
+    def identity(self) -> FeatureIdentity:
         """What a head trained on this file must match: backbone, weights, layer, preprocessing, classes."""
-        a = self._h5.attrs
-        return {
-            "backbone": str(a["backbone"]),
-            "weights": str(a["weights"]),
-            "weights_source": str(a["weights_source"]),
-            "feature_layer": str(a["feature_layer"]),
-            "feature_dim": int(a["feature_dim"]),
-            "preprocessing": json.loads(a["preprocessing"]),
-            "classes": json.loads(a["classes"]),
-        }
+        with _reading(self.path):
+            return FeatureIdentity.from_attrs(self._h5.attrs)
 
     # rows -----------------------------------------------------------------
     def n_rows(self, split: str) -> int:

@@ -28,7 +28,8 @@ import h5py
 import numpy as np
 
 from features import journal
-from features.store import (IDENTITY_ATTRS, PARTIAL_SUFFIX, ROWS_PER_CHUNK, SCHEMA, SCHEMA_VERSION, ConfigMismatch,
+from features.identity import FeatureIdentity
+from features.store import (EXTRACTION_ATTRS, PARTIAL_SUFFIX, ROWS_PER_CHUNK, SCHEMA, SCHEMA_VERSION, ConfigMismatch,
                             FeatureFile, FeatureFileError, SplitChecksum, _skipped, attrs_checksum)
 
 WRITING_SUFFIX = ".writing"
@@ -275,7 +276,12 @@ def _fill(h5: h5py.File, state: journal.JournalState, jf) -> None:
 
 
 def _mismatches(found: dict, attrs: dict) -> list[str]:
-    return [k for k in IDENTITY_ATTRS if k in attrs and str(found.get(k)) != str(attrs[k])]
+    """Names of the identity fields and extraction attributes in which two sets of root attributes differ."""
+    try:
+        bad = list(FeatureIdentity.from_attrs(found).mismatches(FeatureIdentity.from_attrs(attrs)))
+    except (KeyError, ValueError, TypeError):
+        bad = ["identity (unreadable)"]
+    return bad + [k for k in EXTRACTION_ATTRS if str(found.get(k)) != str(attrs.get(k))]
 
 
 @dataclass

@@ -33,14 +33,15 @@ from features.store import FeatureFile, SplitData
 from pipeline.affine import check_identity, read_head_meta
 from pipeline.audit_report import write_outputs
 from pipeline.dedup import duplicate_pairs, groups_from_pairs, unit_rows
-from pipeline.heads import HeadTrainingError, choose_C, class_scores, make_estimator, sweep_jobs
+from pipeline.filenames import AUDIT_CSV, AUDIT_EXCLUDE, AUDIT_JSON, AUDIT_PAGE, AUDIT_THUMBS, HEAD_REPORT
+from pipeline.head_maths import HeadTrainingError, check_finite
+from pipeline.heads import C_parameter, choose_C, class_scores, make_estimator, sweep_jobs
 from pipeline.label_issues import confident_learning, neighbour_votes
 from pipeline.metrics import classification_report
 from pipeline.predict_features import head_scores, softmax
 from pipeline.thumbnails import hash_images
-from pipeline.train_head import check_finite
 
-OUTPUTS = ("audit.csv", "audit.json", "exclude.txt", "index.html", "thumbs")
+OUTPUTS = (AUDIT_CSV, AUDIT_JSON, AUDIT_EXCLUDE, AUDIT_PAGE, AUDIT_THUMBS)
 OUTLIER_Z = 3.5  # modified z-score above which an image is an outlier (Iglewicz and Hoaglin's cut-off)
 
 
@@ -110,16 +111,16 @@ class _Model:
 def _model_from_head(head_dir: str, ff: FeatureFile, train_split: str, cfg: AuditConfig) -> _Model:
     """The head's own classifier and C; refuse a head made from other features."""
     meta = read_head_meta(head_dir)
-    check_identity(meta["feature_identity"], ff.identity(), cfg.features_path)
-    extra = meta.get("extra", {})
+    check_identity(meta.feature_identity, ff.identity(), cfg.features_path)
+    extra = meta.extra
     if extra.get("train_split", train_split) != train_split:
         raise AuditError(f"{head_dir} was trained on split {extra['train_split']!r}, not {train_split!r}")
     report = {}
-    report_path = os.path.join(head_dir, "report.json")
+    report_path = os.path.join(head_dir, HEAD_REPORT)
     if os.path.exists(report_path):
         with open(report_path, encoding="utf-8") as fh:
             report = json.load(fh)
-    clf, _, kernel = meta["clf"].partition("-")
+    clf, _, kernel = meta.clf.partition("-")
     return _Model(clf, kernel or "linear", float(extra["C"]), report.get("class_weight"), int(report.get("seed", cfg.seed)),
                   report.get("init", "none"), int(report.get("epochs") or 100), head_dir)
 
@@ -129,24 +130,21 @@ def _probabilities(model: _Model, ff: FeatureFile, train: SplitData, others: dic
     """Out-of-fold probabilities of the training images and held-out ones of the other splits."""
     init = None
     if model.init == "imagenet":
-        from pipeline.train_head import _imagenet_init
+        from pipeline.train_head import imagenet_init
 
-        init, _ = _imagenet_init(ff, ff.classes)
+        init, _ = imagenet_init(ff, ff.classes)
 
-    def estimator_for(C: float):
-        return make_estimator(model.clf, C, model.class_weight, model.seed, model.kernel, model.epochs, init)
-
+    estimator = make_estimator(model.clf, 1.0, model.class_weight, model.seed, model.kernel, model.epochs, init)
     clean = train.view == 0
     grid = None if model.C == "auto" else np.array([model.C])
     kwargs = {} if grid is None else {"grid": grid}
-    cv = choose_C(estimator_for, train.features, train.labels, train.image_index, clean, cfg.cv, model.seed,
+    cv = choose_C(estimator, train.features, train.labels, train.image_index, clean, cfg.cv, model.seed,
                   sweep_jobs(cfg.n_jobs, *train.features.shape), keep_scores=True, **kwargs)
     oof = softmax(cv.oof_scores[clean])
     if model.head_dir is not None:
         held_out = {name: softmax(head_scores(model.head_dir, split.features)) for name, split in others.items()}
     else:
-        estimator = estimator_for(cv.C)
-        estimator.fit(train.features, train.labels)
+        estimator.set_params(**{C_parameter(estimator): cv.C}).fit(train.features, train.labels)
         held_out = {name: softmax(class_scores(estimator, split.features)) for name, split in others.items()}
     info = {"clf": model.clf if model.kernel == "linear" else f"{model.clf}-{model.kernel}", "C": cv.C,
             "C_selection": "fixed by --head" if grid is not None else "cross-validation on the training split",
@@ -251,7 +249,7 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - started
     summary["seconds"] = {key: round(v, 3) for key, v in timings.items()}
-    with open(os.path.join(cfg.out_dir, "audit.json"), "w", encoding="utf-8") as fh:
+    with open(os.path.join(cfg.out_dir, AUDIT_JSON), "w", encoding="utf-8") as fh:
         json.dump({"summary": summary, "rows": rows}, fh, indent=1)
     notes = []
     if not hashed.all():

@@ -11,6 +11,7 @@ import csv
 import html
 import os
 
+from pipeline.filenames import AUDIT_CSV, AUDIT_EXCLUDE, AUDIT_PAGE, AUDIT_THUMBS
 from pipeline.thumbnails import THUMB_SIDE, write_thumbnail
 
 BASE_COLUMNS = ["path", "split", "label", "predicted"]
@@ -103,7 +104,7 @@ def _thumbnails(out_dir: str, rows: list[dict], wanted: list[int], data_root: st
         row = rows[index]
         if "thumbnail" in row or row["unreadable"]:
             continue
-        relative = f"thumbs/{index:06d}.jpg"
+        relative = f"{AUDIT_THUMBS}/{index:06d}.jpg"
         error = write_thumbnail(os.path.join(data_root, row["path"]), os.path.join(out_dir, relative), THUMB_SIDE)
         row["thumbnail"], row["thumbnail_error"] = ("", error) if error else (relative, "")
 
@@ -132,8 +133,8 @@ def write_outputs(out_dir: str, rows: list[dict], summary: dict, classes: list[s
     shown_groups = ordered_groups[:top]
     wanted = losses[:top] + issues[:top] + shown_outliers + [i for _, members in shown_groups for i in members]
     _thumbnails(out_dir, rows, wanted, data_root)
-    _write_csv(os.path.join(out_dir, "audit.csv"), rows, classes)
-    _write_exclude(os.path.join(out_dir, "exclude.txt"), rows)
+    _write_csv(os.path.join(out_dir, AUDIT_CSV), rows, classes)
+    _write_exclude(os.path.join(out_dir, AUDIT_EXCLUDE), rows)
 
     html_parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
                   '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -170,7 +171,7 @@ def write_outputs(out_dir: str, rows: list[dict], summary: dict, classes: list[s
             f'<tr><td class="l">{_e(rows[i]["split"])}</td><td class="l">{_e(rows[i]["path"])}</td>'
             f'<td class="l">{_e(rows[i]["reason"])}</td></tr>' for i in unreadable[:top]) + "</table>")
     html_parts.append("</section></body></html>")
-    with open(os.path.join(out_dir, "index.html"), "w", encoding="utf-8") as fh:
+    with open(os.path.join(out_dir, AUDIT_PAGE), "w", encoding="utf-8") as fh:
         fh.write("\n".join(html_parts) + "\n")
 
 

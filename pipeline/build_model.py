@@ -17,8 +17,9 @@ from pipeline.affine import check_identity, load_affine
 from pipeline.export import export_model, write_sidecar
 from pipeline.artefacts import staged_folder
 from pipeline.file_splits import split_images, train_and_val
-from pipeline.finetune import CHECKPOINT, FinetuneConfig, LabelledImages, finetune
-from pipeline.fuse import fuse_head, verify_fused
+from pipeline.filenames import CHECKPOINT, HEAD_REPORT
+from pipeline.finetune import FinetuneConfig, LabelledImages, finetune
+from pipeline.fusing import fuse_head, verify_fused
 from pipeline.rebuild import rebuild_backbone
 
 
@@ -58,7 +59,7 @@ class FileSplits:
 
 def _features_path(cfg: BuildConfig, head) -> str:
     path = cfg.features_path or head.extra.get("features")
-    report = os.path.join(cfg.head_dir, "report.json")
+    report = os.path.join(cfg.head_dir, HEAD_REPORT)
     if not path and os.path.exists(report):
         with open(report, encoding="utf-8") as fh:
             path = json.load(fh).get("features")
@@ -128,8 +129,7 @@ def build_model(cfg: BuildConfig, log=print) -> dict:
 
 def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
     head = load_affine(cfg.head_dir)
-    identity = head.feature_identity
-    backbone = rebuild_backbone(identity)
+    backbone = rebuild_backbone(head.feature_identity)
     splits = file_splits(cfg, head)
     eval_tf = backbone.preprocessing.eval_transform()
     check = real_batch(splits.root, splits.val or splits.train, backbone.preprocessing, eval_tf, cfg.check_images)
@@ -138,48 +138,26 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
     diff = verify_fused(backbone, head, check)
     log(f"fused {head.clf} head into {backbone.spec.name}.{backbone.spec.classifier_slot}: "
         f"logits equal head(features) on {len(check)} real images (max abs diff {diff:.2e})")
-
-    head_report = {}
-    if os.path.exists(os.path.join(cfg.head_dir, "report.json")):
-        with open(os.path.join(cfg.head_dir, "report.json"), encoding="utf-8") as fh:
-            head_report = json.load(fh)
     finetune_info = None
     if cfg.finetune and cfg.finetune.epochs > 0:
-        if not splits.train:
-            raise DatasetError("the feature file has no labeled training split to fine-tune on")
-        device = resolve_device(cfg.device)
-        precision = resolve_train_precision(cfg.precision, device)
-        keep_freed_memory()
-        validation = f"validating on {splits.val_split} ({len(splits.val)} images)" if splits.val else "no val split"
-        log(f"fine-tuning {cfg.finetune.epochs} epochs on {splits.train_split} ({len(splits.train)} images), "
-            f"{validation}, as the feature file records them; device {device}, precision {precision}")
-        result = finetune(backbone, splits.root, splits.train, splits.val or None, cfg.finetune, device, precision,
-                          out_dir)
-        for h in result.history:
-            val = f"{h['val_accuracy']:.4f}" if h["val_accuracy"] is not None else "-"
-            loss = f"{h['train_loss']:.4f}" if h["train_loss"] is not None else "-"
-            log(f"  epoch {h['epoch']}: train loss {loss}, val accuracy {val}, {h['seconds']} s")
-        log(f"kept epoch {result.best_epoch} (val accuracy {result.best_val_accuracy}), fine-tuning took {result.seconds:.1f} s")
-        finetune_info = {"epochs": cfg.finetune.epochs, "lr": cfg.finetune.lr, "head_lr_mult": cfg.finetune.head_lr_mult,
-                         "freeze_stages": cfg.finetune.freeze_stages, "train_bn": cfg.finetune.train_bn, "precision": precision, "device": str(device),
-                         "train_split": splits.train_split, "train_images": len(splits.train),
-                         "val_split": splits.val_split, "val_images": len(splits.val),
-                         "history": result.history, "best_epoch": result.best_epoch,
-                         "best_val_accuracy": result.best_val_accuracy, "seconds": round(result.seconds, 1),
-                         "resumed_from_epoch": result.resumed_from}
+        finetune_info = _finetune(cfg, backbone, splits, out_dir, log)
     backbone.model.cpu().eval()
     exports = export_model(backbone.model, check, out_dir)
     for fmt, info in exports.items():
         log(f"export {fmt}: " + (f"{info['file']} matches eager (max abs diff {info['max_abs_diff']:.2e})"
                                  if "file" in info else info["skipped"]))
+    head_report = {}
+    if os.path.exists(os.path.join(cfg.head_dir, HEAD_REPORT)):
+        with open(os.path.join(cfg.head_dir, HEAD_REPORT), encoding="utf-8") as fh:
+            head_report = json.load(fh)
     sidecar = {
         "format": "tlcache.model", "format_version": 1,
         "classes": head.classes,
         "input_size": backbone.preprocessing.crop_size,
-        "preprocessing": json.loads(backbone.preprocessing.to_json()),
+        "preprocessing": backbone.preprocessing.to_dict(),
         "backbone": backbone.spec.name,
-        "weights": identity["weights"],
-        "feature_layer": identity["feature_layer"],
+        "weights": head.feature_identity.weights,
+        "feature_layer": head.feature_identity.feature_layer,
         "classifier_slot": backbone.spec.classifier_slot,
         "head": {"clf": head.clf, "C": head.extra.get("C"), "splits": head_report.get("splits")},
         "fused_check_max_abs_diff": diff,
@@ -188,3 +166,29 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
     }
     write_sidecar(out_dir, sidecar)
     return sidecar
+
+
+def _finetune(cfg: BuildConfig, backbone, splits: FileSplits, out_dir: str, log) -> dict:
+    """Fine-tune the fused network on the feature file's images; returns what ``model.json`` records of it."""
+    if not splits.train:
+        raise DatasetError("the feature file has no labeled training split to fine-tune on")
+    ft = cfg.finetune
+    device = resolve_device(cfg.device)
+    precision = resolve_train_precision(cfg.precision, device)
+    keep_freed_memory()
+    validation = f"validating on {splits.val_split} ({len(splits.val)} images)" if splits.val else "no val split"
+    log(f"fine-tuning {ft.epochs} epochs on {splits.train_split} ({len(splits.train)} images), "
+        f"{validation}, as the feature file records them; device {device}, precision {precision}")
+    result = finetune(backbone, splits.root, splits.train, splits.val or None, ft, device, precision, out_dir)
+    for h in result.history:
+        val = f"{h['val_accuracy']:.4f}" if h["val_accuracy"] is not None else "-"
+        loss = f"{h['train_loss']:.4f}" if h["train_loss"] is not None else "-"
+        log(f"  epoch {h['epoch']}: train loss {loss}, val accuracy {val}, {h['seconds']} s")
+    log(f"kept epoch {result.best_epoch} (val accuracy {result.best_val_accuracy}), fine-tuning took {result.seconds:.1f} s")
+    return {"epochs": ft.epochs, "lr": ft.lr, "head_lr_mult": ft.head_lr_mult, "freeze_stages": ft.freeze_stages,
+            "train_bn": ft.train_bn, "precision": precision, "device": str(device),
+            "train_split": splits.train_split, "train_images": len(splits.train),
+            "val_split": splits.val_split, "val_images": len(splits.val),
+            "history": result.history, "best_epoch": result.best_epoch,
+            "best_val_accuracy": result.best_val_accuracy, "seconds": round(result.seconds, 1),
+            "resumed_from_epoch": result.resumed_from}

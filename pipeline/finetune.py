@@ -16,8 +16,11 @@ from features.devices import autocast
 from features.images import UnreadableImage
 from features.preprocessing import Preprocessing
 from features.progress import Progress
+from pipeline.filenames import CHECKPOINT
 
-CHECKPOINT = "checkpoint.pt"
+# Options that shape the optimisation: a resumed run must use the checkpoint's values. The
+# number of epochs may grow (a finished fine-tune continues with more).
+RESUME_OPTIONS = ("lr", "head_lr_mult", "freeze_stages", "batch_size", "momentum", "weight_decay", "train_bn", "seed")
 
 
 @dataclass
@@ -167,6 +170,71 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> floa
     return correct / total if total else None
 
 
+class ResumeMismatch(ValueError):
+    """``--resume`` with options other than those of the checkpoint; ``str(exc)`` names them."""
+
+
+def _load_checkpoint(path: str, cfg: FinetuneConfig, precision: str) -> dict:
+    """A checkpoint's state, loaded with ``weights_only=True`` (tensors and plain values only).
+
+    Raises
+    ------
+    ResumeMismatch
+        The checkpoint was made with other optimisation options.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    ours = dict(_options(cfg), precision=precision)
+    differ = [f"{k} {state['options'].get(k)!r} (now {v!r})" for k, v in ours.items() if state["options"].get(k) != v]
+    if differ:
+        raise ResumeMismatch(f"{path} was made with other options: {', '.join(differ)}; rerun with those, or "
+                             "without --resume to start over")
+    return state
+
+
+def _options(cfg: FinetuneConfig) -> dict:
+    return {k: getattr(cfg, k) for k in RESUME_OPTIONS}
+
+
+def _save_checkpoint(path: str, state: dict) -> None:
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)  # a checkpoint is never half-written
+
+
+def _loaders(backbone: Backbone, root: str, train_items: list[tuple[str, int]],
+             val_items: list[tuple[str, int]] | None, cfg: FinetuneConfig,
+             generator: torch.Generator) -> tuple[DataLoader, DataLoader | None]:
+    """Shuffled, augmented training images and centre-cropped validation images."""
+    prep = backbone.preprocessing
+    train_loader = DataLoader(LabelledImages(root, train_items, prep, prep.train_transform()),
+                              batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
+                              collate_fn=_collate_readable, generator=generator, drop_last=False)
+    val_loader = DataLoader(LabelledImages(root, val_items, prep, prep.eval_transform()), batch_size=64,
+                            num_workers=cfg.workers, collate_fn=_collate_readable) if val_items else None
+    return train_loader, val_loader
+
+
+def _train_epoch(model: nn.Module, loader: DataLoader, optimiser, scaler, device: torch.device, precision: str,
+                 progress: Progress) -> float:
+    """One pass over the training images; returns the mean training loss."""
+    loss_fn = nn.CrossEntropyLoss()
+    total_loss, seen = 0.0, 0
+    for batch in loader:
+        if batch is None:
+            continue
+        x, y = batch[0].to(device), batch[1].to(device)
+        optimiser.zero_grad(set_to_none=True)
+        with autocast(device, precision):
+            loss = loss_fn(_logits(model(x)).float(), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimiser)
+        scaler.update()
+        total_loss += float(loss.detach()) * len(y)
+        seen += len(y)
+        progress.update(len(y))
+    progress.close()
+    return total_loss / max(seen, 1)
+
+
 def finetune(backbone: Backbone, root: str, train_items: list[tuple[str, int]], val_items: list[tuple[str, int]] | None,
              cfg: FinetuneConfig, device: torch.device, precision: str, out_dir: str) -> FinetuneResult:
     """Fine-tune ``backbone.model`` (already fused) in place and keep the best epoch's weights.
@@ -177,9 +245,15 @@ def finetune(backbone: Backbone, root: str, train_items: list[tuple[str, int]], 
 
     SGD with momentum and weight decay, cosine learning-rate decay over ``cfg.epochs``,
     RandomResizedCrop + flip on the training images, a validation pass each epoch and
-    a checkpoint (``out_dir/checkpoint.pt``) after each epoch. With ``cfg.resume`` a
-    checkpoint left by an interrupted run is continued. Epoch 0 is the fused model
-    before any update; its weights are kept if no epoch beats it on validation.
+    a checkpoint (``out_dir/checkpoint.pt``, tensors and plain values only) after each
+    epoch. With ``cfg.resume`` a checkpoint left by an interrupted run is continued,
+    if it was made with the same options. Epoch 0 is the fused model before any
+    update; its weights are kept if no epoch beats it on validation.
+
+    Raises
+    ------
+    ResumeMismatch
+        ``cfg.resume`` with options other than the checkpoint's.
     """
     model = backbone.model.to(device)
     slot = backbone.spec.classifier_slot
@@ -189,20 +263,14 @@ def finetune(backbone: Backbone, root: str, train_items: list[tuple[str, int]], 
                                 weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=cfg.epochs)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and device.type == "cuda")
-    train_tf, eval_tf = backbone.preprocessing.train_transform(), backbone.preprocessing.eval_transform()
     generator = torch.Generator().manual_seed(cfg.seed)
-    prep = backbone.preprocessing
-    train_loader = DataLoader(LabelledImages(root, train_items, prep, train_tf), batch_size=cfg.batch_size,
-                              shuffle=True, num_workers=cfg.workers, collate_fn=_collate_readable, generator=generator,
-                              drop_last=False)
-    val_loader = DataLoader(LabelledImages(root, val_items, prep, eval_tf), batch_size=64, num_workers=cfg.workers,
-                            collate_fn=_collate_readable) if val_items else None
+    train_loader, val_loader = _loaders(backbone, root, train_items, val_items, cfg, generator)
 
     result = FinetuneResult()
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
     start_epoch = 1
     if cfg.resume and os.path.exists(ckpt_path):
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = _load_checkpoint(ckpt_path, cfg, precision)
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
@@ -220,39 +288,24 @@ def finetune(backbone: Backbone, root: str, train_items: list[tuple[str, int]], 
         best_state = copy.deepcopy(model.state_dict())
 
     started = time.perf_counter()
-    loss_fn = nn.CrossEntropyLoss()
     for epoch in range(start_epoch, cfg.epochs + 1):
         epoch_start = time.perf_counter()
         set_train_mode(model, frozen, cfg.train_bn)
         progress = Progress(len(train_loader.dataset), f"epoch {epoch}/{cfg.epochs}", enabled=cfg.progress)
-        total_loss, seen = 0.0, 0
-        for batch in train_loader:
-            if batch is None:
-                continue
-            x, y = batch[0].to(device), batch[1].to(device)
-            optimiser.zero_grad(set_to_none=True)
-            with autocast(device, precision):
-                loss = loss_fn(_logits(model(x)).float(), y)
-            scaler.scale(loss).backward()
-            scaler.step(optimiser)
-            scaler.update()
-            total_loss += float(loss.detach()) * len(y)
-            seen += len(y)
-            progress.update(len(y))
-        progress.close()
+        train_loss = _train_epoch(model, train_loader, optimiser, scaler, device, precision, progress)
         scheduler.step()
         val_acc = evaluate(model, val_loader, device) if val_loader else None
-        result.history.append({"epoch": epoch, "train_loss": total_loss / max(seen, 1), "val_accuracy": val_acc,
+        result.history.append({"epoch": epoch, "train_loss": train_loss, "val_accuracy": val_acc,
                                "seconds": round(time.perf_counter() - epoch_start, 2)})
         improved = val_acc is not None and (result.best_val_accuracy is None or val_acc > result.best_val_accuracy)
         if improved or val_loader is None:  # without validation the last epoch is kept
             result.best_epoch, result.best_val_accuracy = epoch, val_acc
             best_state = copy.deepcopy(model.state_dict())
-        torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
-                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
-                    "history": result.history, "best_epoch": result.best_epoch, "best_val": result.best_val_accuracy,
-                    "best_model": best_state}, ckpt_path + ".tmp")
-        os.replace(ckpt_path + ".tmp", ckpt_path)  # a checkpoint is never half-written
+        _save_checkpoint(ckpt_path, {
+            "model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
+            "history": result.history, "best_epoch": result.best_epoch, "best_val": result.best_val_accuracy,
+            "best_model": best_state, "options": dict(_options(cfg), precision=precision)})
     model.load_state_dict(best_state)
     model.eval()
     model.requires_grad_(False)

@@ -1,80 +1,52 @@
-"""Put a trained head's affine map into the backbone's classifier slot, and prove it fits.
+"""``python -m pipeline.fuse`` / ``tlcache fuse``: fuse a head, optionally fine-tune, export.
 
-Run as ``python -m pipeline.fuse ...`` for the fuse / fine-tune / export command.
+The library behind it is :mod:`pipeline.build_model` (and :mod:`pipeline.fusing`).
 """
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-from torch import nn
+import click
 
-from features.backbones import Backbone
-from features.hooks import capture_features
-from pipeline.affine import AffineHead, HeadError
-
-
-class FusedHeadMismatch(HeadError):
-    """The fused network does not reproduce the head on real features."""
+from features.cli_common import (CONTEXT_SETTINGS, batch_size_option, device_option, exit_codes, precision_option,
+                                 quiet_option, seed_option, workers_option)
+from pipeline.build_model import BuildConfig, build_model
+from pipeline.finetune import FinetuneConfig
+from pipeline.user_errors import USER_ERRORS
 
 
-def head_module(head: AffineHead, slot_form: str) -> nn.Module:
-    """The module that replaces the classifier slot, carrying ``W`` and ``b`` in float32."""
-    n_classes, dim = head.W.shape
-    weight = torch.as_tensor(head.W, dtype=torch.float32)
-    bias = torch.as_tensor(head.b, dtype=torch.float32)
-    if slot_form == "linear":
-        module = nn.Linear(dim, n_classes)
-        with torch.no_grad():
-            module.weight.copy_(weight)
-            module.bias.copy_(bias)
-        return module
-    # pool_conv: the slot sees the unpooled map; pooling commutes with the affine map.
-    conv = nn.Conv2d(dim, n_classes, kernel_size=1)
-    with torch.no_grad():
-        conv.weight.copy_(weight[:, :, None, None])
-        conv.bias.copy_(bias)
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), conv)
-
-
-def fuse_head(backbone: Backbone, head: AffineHead) -> nn.Module:
-    """Replace ``backbone.spec.classifier_slot`` with the head; returns the same model object."""
-    if head.W.shape[1] != backbone.feature_dim:
-        raise HeadError(f"head expects {head.W.shape[1]}-d features, {backbone.spec.name} gives {backbone.feature_dim}")
-    backbone.model.set_submodule(backbone.spec.classifier_slot, head_module(head, backbone.spec.slot_form))
-    return backbone.model
-
-
-def verify_fused(backbone: Backbone, head: AffineHead, images: torch.Tensor, rtol: float = 1e-4,
-                 atol: float = 1e-4) -> float:
-    """Check on a real batch, in fp32, that fused logits equal ``head.logits(features)``.
-
-    Returns
-    -------
-    float
-        The largest absolute difference.
-
-    Raises
-    ------
-    FusedHeadMismatch
-        When the difference exceeds the tolerance.
-    """
-    model = backbone.model
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), capture_features(model, backbone.spec) as capture:
-            fused = model(images.float()).double().numpy()
-            expected = head.logits(capture.pop().double().numpy())
-    finally:
-        model.train(was_training)
-    diff = float(np.abs(fused - expected).max())
-    if not np.allclose(fused, expected, rtol=rtol, atol=atol):
-        raise FusedHeadMismatch(f"fused logits differ from head(features) by up to {diff:.3g}")
-    return diff
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--head", "head_dir", required=True, help="HEAD_DIR from run_head.py (a linear head).")
+@click.option("--out", "out_dir", required=True, help="MODEL_DIR to write.")
+@click.option("--data", "data_root", default=None, help="Image root [default: the one the features came from].")
+@click.option("--features", "features_path", default=None,
+              help="The head's feature file, whose splits give the images to check and fine-tune on "
+                   "[default: the one recorded in the head].")
+@click.option("--finetune-epochs", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Body learning rate.")
+@click.option("--head-lr-mult", default=10.0, show_default=True, type=click.FloatRange(min=0), help="Head lr = lr x this.")
+@click.option("--freeze-stages", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Freeze the lowest K stages (weights and BatchNorm statistics).")
+@click.option("--freeze-bn", is_flag=True,
+              help="Keep every BatchNorm layer's pretrained statistics (default: update them from training batches).")
+@batch_size_option(16)
+@workers_option(0, "DataLoader decode workers for fine-tuning.")
+@device_option()
+@precision_option("Fine-tuning autocast; auto: bf16 on CPUs with native bf16, fp16 AMP on CUDA.")
+@seed_option()
+@click.option("--resume", is_flag=True, help="Continue an interrupted fine-tune from MODEL_DIR/checkpoint.pt.")
+@quiet_option()
+def main(head_dir, out_dir, data_root, features_path, finetune_epochs, lr, head_lr_mult, freeze_stages, freeze_bn, batch_size, workers,
+         device, precision, seed, resume, quiet) -> None:
+    """Fuse a trained head into its backbone, fine-tune end to end (optional), export and verify."""
+    ft = FinetuneConfig(epochs=finetune_epochs, lr=lr, head_lr_mult=head_lr_mult, freeze_stages=freeze_stages,
+                        train_bn=not freeze_bn, batch_size=batch_size, workers=workers, seed=seed, resume=resume, progress=not quiet)
+    cfg = BuildConfig(head_dir=head_dir, out_dir=out_dir, data_root=data_root, features_path=features_path,
+                      finetune=ft, device=device, precision=precision)
+    interrupted = f"interrupted; rerun with --resume to continue from the last epoch checkpoint in {out_dir}.partial"
+    with exit_codes(USER_ERRORS, interrupted):
+        build_model(cfg, log=click.echo)
+    click.echo(f"saved {out_dir}/ (model.ts, model.pt2, model.json)")
 
 
 if __name__ == "__main__":
-    from pipeline.fuse_cli import main
-
     main()

@@ -1,4 +1,5 @@
-"""``run_head.py`` / ``tlcache-head``: train a head (default) or ``predict`` with one."""
+"""``run_head.py``: train a head (default), ``predict`` with one, or ``audit`` a dataset; also ``tlcache head``,
+``tlcache predict-features`` and ``tlcache audit``."""
 
 from __future__ import annotations
 
@@ -6,25 +7,14 @@ import sys
 
 import click
 
-from features.locking import LockError
-from features.store import FeatureFileError
-from pipeline.affine import HeadError
-from pipeline.audit import AuditConfig, AuditError, audit_lines, run_audit
-from pipeline.heads import HeadTrainingError
+from features.cli_common import CONTEXT_SETTINGS, exit_codes, fail, seed_option
+from pipeline.audit import AuditConfig, audit_lines, run_audit
 from pipeline.predict_features import predict_split
 from pipeline.streaming import parse_memory
-from pipeline.submission import SubmissionError
 from pipeline.train_head import HeadConfig, summary_lines, train_head
+from pipeline.user_errors import USER_ERRORS
 
-# Every failure a user can cause: one ``error:`` line and exit 2, the same for each subcommand.
-_USER_ERRORS = (FeatureFileError, HeadTrainingError, HeadError, LockError, SubmissionError, AuditError, ValueError)
-
-_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
+_INTERRUPTED = "interrupted; nothing was written"
 
 
 def _parse_C(_ctx, _param, value: str) -> str | float:
@@ -48,7 +38,7 @@ def _parse_memory(_ctx, _param, value: str | None) -> int | None:
         raise click.BadParameter(str(exc)) from None
 
 
-@click.command(context_settings=_SETTINGS)
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--features", "features_path", required=True, help="Complete feature file from run_extract.py.")
 @click.option("--clf", type=click.Choice(["svm", "logreg", "linear"]), default="logreg", show_default=True)
 @click.option("--C", "C", default="auto", show_default=True, callback=_parse_C, help="Inverse regularisation, or auto: chosen by K-fold CV on train.")
@@ -60,7 +50,7 @@ def _parse_memory(_ctx, _param, value: str | None) -> int | None:
               help="linear only: L-BFGS iterations (0 keeps the initial map).")
 @click.option("--kernel", type=click.Choice(["linear", "rbf", "poly"]), default="linear", show_default=True,
               help="svm only; non-linear kernels cannot be fused into the backbone.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@seed_option()
 @click.option("--n-jobs", default=None, type=int,
               help="joblib workers for the C sweep (-1: all cores) [default: 1 under 1M training values, else all].")
 @click.option("--max-memory", default=None, callback=_parse_memory,
@@ -75,14 +65,12 @@ def fit(features_path, clf, C, cv, class_weight, init, epochs, kernel, seed, n_j
     cfg = HeadConfig(features_path=features_path, out_dir=out_dir, clf=clf, C=C, cv=cv,
                      class_weight=None if class_weight == "none" else class_weight, init=init, epochs=epochs,
                      seed=seed, n_jobs=n_jobs, kernel=kernel, max_memory=max_memory, passes=passes, exclude=exclude)
-    try:
+    with exit_codes(USER_ERRORS, _INTERRUPTED):
         result = train_head(cfg)
-    except _USER_ERRORS as exc:
-        _fail(str(exc))
     click.echo("\n".join(summary_lines(result, out_dir)))
 
 
-@click.command(context_settings=_SETTINGS)
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--head", "head_dir", required=True, help="HEAD_DIR written by run_head.py.")
 @click.option("--features", "features_path", required=True, help="Feature file made like the head's training features.")
 @click.option("--split", default="val", show_default=True)
@@ -98,11 +86,10 @@ def predict(head_dir, features_path, split, fmt, template, out_csv) -> None:
     if fmt == "submission" and out_csv is None:
         out_csv = "submission.csv"
     try:
-        result = predict_split(head_dir, features_path, split, out_csv, fmt, template)
-    except _USER_ERRORS as exc:
-        _fail(str(exc))
+        with exit_codes(USER_ERRORS, _INTERRUPTED):
+            result = predict_split(head_dir, features_path, split, out_csv, fmt, template)
     except OSError as exc:
-        _fail(f"cannot write {out_csv}: {exc.strerror or exc}")
+        fail(f"cannot write {out_csv}: {exc.strerror or exc}")
     written = f", written to {out_csv}" if out_csv else ""
     accuracy = "unlabeled, no accuracy" if result["accuracy"] is None else f"accuracy {result['accuracy']:.4f}"
     click.echo(f"{split}: {result['n']} rows, {accuracy}{written}")
@@ -110,7 +97,7 @@ def predict(head_dir, features_path, split, fmt, template, out_csv) -> None:
         click.echo(note)
 
 
-@click.command(context_settings=_SETTINGS)
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--features", "features_path", required=True, help="Complete feature file from run_extract.py.")
 @click.option("--head", "head_dir", default=None, help="HEAD_DIR whose classifier and C to use [default: logreg, C by CV].")
 @click.option("--out", "out_dir", required=True, help="AUDIT_DIR to write (audit.csv, audit.json, exclude.txt, index.html).")
@@ -120,16 +107,14 @@ def predict(head_dir, features_path, split, fmt, template, out_csv) -> None:
               help="Nearest training images used for label votes and the outlier distance.")
 @click.option("--top", default=48, show_default=True, type=click.IntRange(min=1), help="Images per report section.")
 @click.option("--cv", default=5, show_default=True, type=click.IntRange(min=2), help="Folds of the out-of-fold probabilities.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@seed_option()
 @click.option("--n-jobs", default=None, type=int, help="joblib workers for the C sweep (as for fitting).")
 def audit(features_path, head_dir, out_dir, overwrite, data_root, neighbours, top, cv, seed, n_jobs) -> None:
     """Audit a dataset from its features: label errors, duplicates and leaks, outliers, unreadable files."""
     cfg = AuditConfig(features_path=features_path, out_dir=out_dir, head_dir=head_dir, data_root=data_root,
                       overwrite=overwrite, cv=cv, seed=seed, neighbours=neighbours, top=top, n_jobs=n_jobs)
-    try:
+    with exit_codes(USER_ERRORS, _INTERRUPTED):
         result = run_audit(cfg)
-    except _USER_ERRORS as exc:
-        _fail(str(exc))
     click.echo("\n".join(audit_lines(result, out_dir)))
 
 

@@ -11,22 +11,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from joblib import Parallel, delayed
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, cross_validate
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
+from sklearn.utils.validation import check_is_fitted, check_X_y
 
 from pipeline.affine import binary_to_two_rows, fold_scaler
+from pipeline.head_maths import (HeadTrainingError, balanced_class_weights, best_C, floored_scale, l2_penalty,
+                                standardised_init)
 
 C_GRID = np.logspace(-5, 2, 15)
-
-
-def floored_scale(scale: np.ndarray, floor: float) -> np.ndarray:
-    """Per-feature scales raised to at least ``floor`` x their median (see :class:`FlooredScaler`)."""
-    return np.maximum(scale, floor * np.median(scale))
 
 
 class FlooredScaler(StandardScaler):
@@ -50,21 +48,19 @@ class FlooredScaler(StandardScaler):
         return self
 
 
-class HeadTrainingError(Exception):
-    """Training data that cannot give a classifier; ``str(exc)`` is a one-line reason."""
-
-
 # --------------------------------------------------------------------------- torch linear head
 
 
-class TorchLinearHead:
+class TorchLinearHead(ClassifierMixin, BaseEstimator):
     """Multinomial logistic regression as a torch ``nn.Linear``, trained full-batch with L-BFGS.
 
-    Features are standardised (the scaler is part of the model and folded out by
-    :meth:`affine`). The penalty is ``||W - W0||^2 / (2 C n)``, the same objective as
-    scikit-learn's ``LogisticRegression(C)``, pulled towards ``W0`` instead of zero when
-    an initial map is given (for example the backbone's own ImageNet rows), so a small
-    C keeps the initial classifier and a large C trusts the data.
+    A scikit-learn classifier (``clone``, ``get_params`` and the model-selection tools
+    work). Features are standardised inside ``fit`` by a :class:`FlooredScaler`, and the
+    fitted ``coef_`` and ``intercept_`` are over raw features, scaler folded in. The
+    penalty is ``||W - W0||^2 / (2 C n)``, the same objective as scikit-learn's
+    ``LogisticRegression(C)``, pulled towards ``W0`` instead of zero when an initial map
+    is given (for example the backbone's own ImageNet rows), so a small C keeps the
+    initial classifier and a large C trusts the data.
 
     Parameters
     ----------
@@ -73,81 +69,83 @@ class TorchLinearHead:
     epochs : int
         L-BFGS iterations over the full batch; ``0`` keeps the initial map.
     init : tuple of ndarray, optional
-        ``(W0, b0)`` in raw-feature space; zeros when omitted.
+        ``(W0, b0)`` in raw-feature space, one row per class in ``classes_`` order; zeros
+        when omitted.
     class_weight : str or None
         ``"balanced"`` weights each class inversely to its frequency.
     seed : int
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        The labels seen in ``fit``, sorted.
+    coef_ : ndarray, shape (n_classes, n_features)
+    intercept_ : ndarray, shape (n_classes,)
     """
 
     def __init__(self, C: float = 1.0, epochs: int = 100, init: tuple[np.ndarray, np.ndarray] | None = None,
                  class_weight: str | None = None, seed: int = 0) -> None:
-        self.C, self.epochs, self.init, self.class_weight, self.seed = C, epochs, init, class_weight, seed
+        self.C = C
+        self.epochs = epochs
+        self.init = init
+        self.class_weight = class_weight
+        self.seed = seed
 
-    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int | None = None) -> "TorchLinearHead":
-        if n_classes is None:
-            n_classes = len(self.init[1]) if self.init is not None else int(y.max()) + 1
-        self.scaler_ = FlooredScaler().fit(X)
-        mean, scale = self.scaler_.mean_, self.scaler_.scale_
-        Xs = torch.as_tensor(self.scaler_.transform(X), dtype=torch.float64)
-        target = torch.as_tensor(y, dtype=torch.int64)
-        if self.init is not None:
-            W0, b0 = self.init
-            W0s = torch.as_tensor(W0 * scale[None, :], dtype=torch.float64)  # raw -> standardised space
-            b0s = torch.as_tensor(b0 + W0 @ mean, dtype=torch.float64)
-        else:
-            W0s = torch.zeros(n_classes, X.shape[1], dtype=torch.float64)
-            b0s = torch.zeros(n_classes, dtype=torch.float64)
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "TorchLinearHead":
+        X, y = check_X_y(X, y, dtype=np.float64)
+        self.classes_, target = np.unique(y, return_inverse=True)
+        n_classes, dim = len(self.classes_), X.shape[1]
+        if self.init is not None and np.shape(self.init[0]) != (n_classes, dim):
+            raise ValueError(f"init has shape {np.shape(self.init[0])}, expected ({n_classes}, {dim})")
+        scaler = FlooredScaler().fit(X)
+        W0s, b0s = (np.zeros((n_classes, dim)), np.zeros(n_classes)) if self.init is None else \
+            standardised_init(*self.init, scaler.mean_, scaler.scale_)
+        W0s = torch.as_tensor(W0s, dtype=torch.float64)
         torch.manual_seed(self.seed)
-        self.linear_ = torch.nn.Linear(X.shape[1], n_classes, dtype=torch.float64)
+        linear = torch.nn.Linear(dim, n_classes, dtype=torch.float64)
         with torch.no_grad():
-            self.linear_.weight.copy_(W0s)
-            self.linear_.bias.copy_(b0s)
-        weights = None
-        if self.class_weight == "balanced":
-            counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-            weights = torch.as_tensor(np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0))
+            linear.weight.copy_(W0s)
+            linear.bias.copy_(torch.as_tensor(b0s, dtype=torch.float64))
         if self.epochs > 0:
-            optimiser = torch.optim.LBFGS(self.linear_.parameters(), lr=1.0, max_iter=self.epochs,
-                                          tolerance_grad=1e-9, tolerance_change=1e-12, history_size=20,
-                                          line_search_fn="strong_wolfe")
-            penalty = 1.0 / (2.0 * self.C * len(y))
-
-            def closure():
-                optimiser.zero_grad()
-                logits = self.linear_(Xs)
-                loss = torch.nn.functional.cross_entropy(logits, target, weight=weights)
-                loss = loss + penalty * ((self.linear_.weight - W0s) ** 2).sum()
-                loss.backward()
-                return loss
-
-            optimiser.step(closure)
-        self.classes_ = np.arange(n_classes)
+            weights = None
+            if self.class_weight == "balanced":
+                weights = torch.as_tensor(balanced_class_weights(np.bincount(target, minlength=n_classes)))
+            self._minimise(linear, torch.as_tensor(scaler.transform(X)), torch.as_tensor(target), W0s, weights)
+        self.coef_, self.intercept_ = fold_scaler(linear.weight.detach().numpy(), linear.bias.detach().numpy(),
+                                                  scaler.mean_, scaler.scale_)
+        self.n_features_in_ = dim
         return self
 
+    def _minimise(self, linear: torch.nn.Linear, Xs: torch.Tensor, target: torch.Tensor, W0s: torch.Tensor,
+                  weights: torch.Tensor | None) -> None:
+        """Full-batch L-BFGS on cross-entropy plus :func:`~pipeline.head_maths.l2_penalty`."""
+        optimiser = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=self.epochs, tolerance_grad=1e-9,
+                                      tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimiser.zero_grad()
+            loss = torch.nn.functional.cross_entropy(linear(Xs), target, weight=weights)
+            loss = loss + l2_penalty(linear.weight, W0s, self.C, len(target))
+            loss.backward()
+            return loss
+
+        optimiser.step(closure)
+
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            Xs = torch.as_tensor(self.scaler_.transform(X), dtype=torch.float64)
-            return self.linear_(Xs).numpy()
+        check_is_fitted(self, "coef_")
+        return np.asarray(X, dtype=np.float64) @ self.coef_.T + self.intercept_
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.decision_function(X).argmax(axis=1)
-
-    def score(self, X: np.ndarray, y: np.ndarray) -> float:
-        return float((self.predict(X) == y).mean())
-
-    def affine(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(W, b)`` over raw features, scaler folded in."""
-        W_s = self.linear_.weight.detach().numpy()
-        b_s = self.linear_.bias.detach().numpy()
-        return fold_scaler(W_s, b_s, self.scaler_.mean_, self.scaler_.scale_)
+        scores = self.decision_function(X)  # raises NotFittedError first
+        return self.classes_[scores.argmax(axis=1)]
 
 
 # --------------------------------------------------------------------------- scikit-learn heads
 
 
 def make_estimator(clf: str, C: float, class_weight: str | None, seed: int, kernel: str = "linear",
-                   epochs: int = 100, init: tuple[np.ndarray, np.ndarray] | None = None):
-    """Build an unfitted head: a scaled scikit-learn pipeline, or a :class:`TorchLinearHead`."""
+                   epochs: int = 100, init: tuple[np.ndarray, np.ndarray] | None = None) -> BaseEstimator:
+    """Build an unfitted head: a scaled scikit-learn pipeline, or a :class:`TorchLinearHead` (which scales itself)."""
     if clf == "linear":
         return TorchLinearHead(C=C, epochs=epochs, init=init, class_weight=class_weight, seed=seed)
     if clf == "logreg":
@@ -161,41 +159,31 @@ def make_estimator(clf: str, C: float, class_weight: str | None, seed: int, kern
     return Pipeline([("scale", FlooredScaler()), ("clf", model)])
 
 
-def affine_of(estimator, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Raw-feature ``(W, b)`` of a fitted linear head, reproducing its ``decision_function``."""
-    if isinstance(estimator, TorchLinearHead):
-        return estimator.affine()
-    model, scaler = estimator.named_steps["clf"], estimator.named_steps["scale"]
-    if isinstance(model, SVC):
+def affine_of(estimator: BaseEstimator, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Raw-feature ``(W, b)`` of a fitted linear head, reproducing its ``decision_function``.
+
+    Reads the final estimator's ``coef_`` and ``intercept_`` and folds in the scaler of a
+    scaled pipeline.
+
+    Raises
+    ------
+    ValueError
+        A head without a linear form (a kernel SVM).
+    """
+    scaler, model = (estimator[0], estimator[-1]) if isinstance(estimator, Pipeline) else (None, estimator)
+    if not hasattr(model, "coef_"):
         raise ValueError("a kernel SVM has no affine form")
     coef, intercept = model.coef_, model.intercept_
     if coef.shape[0] == 1 and n_classes == 2:
         coef, intercept = binary_to_two_rows(coef, intercept)
-    return fold_scaler(coef, intercept, scaler.mean_, scaler.scale_)
+    return fold_scaler(coef, intercept, scaler.mean_, scaler.scale_) if scaler is not None else (coef, intercept)
 
 
-def _fit_quietly(estimator, X, y):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return estimator.fit(X, y)
-
-
-def class_scores(estimator, X: np.ndarray) -> np.ndarray:
+def class_scores(estimator: BaseEstimator, X: np.ndarray) -> np.ndarray:
     """Per-class scores ``(rows, classes)`` of a fitted head: its decision function, with
     scikit-learn's single binary score ``s`` written as ``[-s/2, s/2]`` (same softmax)."""
     scores = estimator.decision_function(X)
     return np.column_stack([-scores, scores]) / 2 if scores.ndim == 1 else scores
-
-
-def _fold_score(estimator, X, y, train_idx, test_idx, keep_scores: bool = False):
-    """Fit a fresh (unfitted) head on one fold's rows and score its held-out rows.
-
-    Returns the held-out accuracy, or ``(accuracy, class scores of the held-out rows)``
-    when ``keep_scores`` is set.
-    """
-    fitted = _fit_quietly(estimator, X[train_idx], y[train_idx])
-    accuracy = float((fitted.predict(X[test_idx]) == y[test_idx]).mean())
-    return (accuracy, class_scores(fitted, X[test_idx])) if keep_scores else accuracy
 
 
 def cv_splits(y: np.ndarray, groups: np.ndarray, clean: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -233,14 +221,22 @@ def sweep_jobs(n_jobs: int | None, rows: int, dim: int) -> int:
     return 1 if rows * dim < SERIAL_SWEEP_VALUES else -1
 
 
-def choose_C(estimator_for, X: np.ndarray, y: np.ndarray, groups: np.ndarray, clean: np.ndarray, folds: int,
-             seed: int, n_jobs: int, grid: np.ndarray = C_GRID, keep_scores: bool = False) -> CVResult:
+def C_parameter(estimator: BaseEstimator) -> str:
+    """The name under which ``estimator.set_params`` takes C (``C``, or ``clf__C`` in a pipeline)."""
+    return next(name for name in estimator.get_params() if name == "C" or name.endswith("__C"))
+
+
+def choose_C(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, clean: np.ndarray,
+             folds: int, seed: int, n_jobs: int, grid: np.ndarray = C_GRID, keep_scores: bool = False) -> CVResult:
     """Pick C by stratified group K-fold cross-validation on training rows only.
+
+    scikit-learn's ``GridSearchCV`` runs the sweep over the explicit folds of
+    :func:`cv_splits`; the choice follows :func:`~pipeline.head_maths.best_C`.
 
     Parameters
     ----------
-    estimator_for : callable
-        ``estimator_for(C)`` returns a new unfitted head (one is made per fold).
+    estimator : BaseEstimator
+        An unfitted head (:func:`make_estimator`); it is cloned for every fit.
     X, y : ndarray
         Training rows (all views).
     groups : ndarray
@@ -255,8 +251,8 @@ def choose_C(estimator_for, X: np.ndarray, y: np.ndarray, groups: np.ndarray, cl
     grid : ndarray
         Values of C to try.
     keep_scores : bool
-        Also keep each held-out row's class scores from the folds of the chosen C
-        (``CVResult.oof_scores``: out-of-fold scores at no extra fit).
+        Also keep each held-out row's class scores from the folds, refitted at the chosen
+        C (``CVResult.oof_scores``: out-of-fold scores).
 
     Returns
     -------
@@ -273,20 +269,32 @@ def choose_C(estimator_for, X: np.ndarray, y: np.ndarray, groups: np.ndarray, cl
     if k < 2:
         raise HeadTrainingError("cross-validation needs at least 2 training images per class; pass a fixed --C")
     splits = cv_splits(y, groups, clean, k, seed)
-    jobs = [(C, tr, te) for C in grid for tr, te in splits]
-    results = Parallel(n_jobs=n_jobs)(delayed(_fold_score)(estimator_for(C), X, y, tr, te, keep_scores)
-                                      for C, tr, te in jobs)
-    scores = [r[0] for r in results] if keep_scores else results
-    curve = [(float(C), float(np.mean(scores[i * k:(i + 1) * k]))) for i, C in enumerate(grid)]
-    best = max(score for _, score in curve)
-    chosen = next(C for C, score in curve if score >= best - 1e-12)
+    param = C_parameter(estimator)
+    search = GridSearchCV(estimator, {param: list(grid)}, scoring="accuracy", cv=splits, n_jobs=n_jobs, refit=False,
+                          error_score="raise")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search.fit(X, y)
+    curve = [(float(C), float(score)) for C, score in zip(grid, search.cv_results_["mean_test_score"])]
+    chosen, best = best_C(curve)
     if chosen in (float(grid[0]), float(grid[-1])) and len(grid) > 1:
         notes.append(f"note: the chosen C={chosen:.3g} is at the edge of the searched grid "
                      f"[{grid[0]:.3g}, {grid[-1]:.3g}]; a fixed --C beyond it may fit better")
-    oof = None
-    if keep_scores:
-        at = [i for i, (C, _, _) in enumerate(jobs) if float(C) == chosen]
-        oof = np.full((len(y), results[at[0]][1].shape[1]), np.nan)
-        for i in at:
-            oof[jobs[i][2]] = results[i][1]
+    oof = _out_of_fold_scores(clone(estimator).set_params(**{param: chosen}), X, y, splits, n_jobs) if keep_scores else None
     return CVResult(chosen, best, k, curve, notes, oof)
+
+
+def _out_of_fold_scores(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray,
+                        splits: list[tuple[np.ndarray, np.ndarray]], n_jobs: int) -> np.ndarray:
+    """Class scores of every held-out row from the fold that held it out; NaN for rows never held out."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fitted = cross_validate(estimator, X, y, cv=splits, n_jobs=n_jobs, return_estimator=True,
+                                error_score="raise")["estimator"]
+    oof = None
+    for model, (_, test) in zip(fitted, splits):
+        scores = class_scores(model, X[test])
+        if oof is None:
+            oof = np.full((len(y), scores.shape[1]), np.nan)
+        oof[test] = scores
+    return oof

@@ -81,7 +81,7 @@ def predict_images(model_dir: str, paths: list[str], top_k: int = 1, batch_size:
     """
     keep_freed_memory()
     model, sidecar = load_exported(model_dir)
-    preprocessing = Preprocessing.from_json(json.dumps(sidecar["preprocessing"]))
+    preprocessing = Preprocessing.from_dict(sidecar["preprocessing"])
     transform = preprocessing.eval_transform()
     classes = sidecar["classes"]
     predictions, skipped, pending = [], [], []

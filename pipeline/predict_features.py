@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import csv
-import os
 
-import joblib
 import numpy as np
 
 from features.store import FeatureFile
-from pipeline.affine import check_identity, load_affine, read_head_meta
+from pipeline.affine import check_identity, load_affine, load_estimator, read_head_meta
+from pipeline.head_maths import check_finite
+from pipeline.heads import class_scores
 from pipeline.submission import SubmissionError, build_submission, read_template, write_submission
-from pipeline.train_head import check_finite
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -22,16 +21,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _head_scores(head_dir: str, fusable: bool, features: np.ndarray) -> np.ndarray:
-    """Class scores: the verified affine map, or the pickled estimator of a non-linear head."""
+    """Class scores: the verified affine map, or the hash-checked estimator of a non-linear head."""
     if fusable:
         return load_affine(head_dir).logits(features)
-    scores = joblib.load(os.path.join(head_dir, "estimator.joblib")).decision_function(features)
-    return np.column_stack([-scores, scores]) / 2 if scores.ndim == 1 else scores
+    return class_scores(load_estimator(head_dir), features)
 
 
 def head_scores(head_dir: str, features: np.ndarray) -> np.ndarray:
     """Class scores of ``features`` under the saved head in ``head_dir`` (linear or not)."""
-    return _head_scores(head_dir, read_head_meta(head_dir).get("fusable", True), features)
+    return _head_scores(head_dir, read_head_meta(head_dir).fusable, features)
 
 
 def predict_split(head_dir: str, features_path: str, split: str, out_csv: str | None, fmt: str = "rows",
@@ -66,12 +64,12 @@ def predict_split(head_dir: str, features_path: str, split: str, out_csv: str | 
         raise SubmissionError("--template applies to --format submission")
     meta = read_head_meta(head_dir)
     with FeatureFile(features_path) as ff:
-        check_identity(meta["feature_identity"], ff.identity(), features_path)
+        check_identity(meta.feature_identity, ff.identity(), features_path)
         data = ff.read_split(split).clean()
         classes = ff.classes
         id_form = ff.config.get("id_form", "stem")
     check_finite(data.features, f"split {split!r}")
-    scores = _head_scores(head_dir, meta.get("fusable", True), data.features)
+    scores = _head_scores(head_dir, meta.fusable, data.features)
     probs = softmax(scores)
     predicted = probs.argmax(axis=1)
     labeled = data.labels >= 0

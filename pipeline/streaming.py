@@ -22,7 +22,9 @@ import torch._dynamo  # noqa: F401 - the first optimiser step imports it (about 
 
 from features.store import ROWS_PER_CHUNK, FeatureFile
 from pipeline.affine import fold_scaler
-from pipeline.heads import C_GRID, HeadTrainingError, floored_scale
+from pipeline.head_maths import (HeadTrainingError, balanced_class_weights, best_C, check_classes, floored_scale,
+                                 l2_penalty, standardised_init)
+from pipeline.heads import C_GRID
 
 # The C sweep trains one model per candidate in the same passes; every other value of
 # the in-memory grid keeps that affordable.
@@ -201,11 +203,6 @@ def row_stats(stream: RowStream, n_classes: int, seed: int, floor: float = 0.1) 
     return RowStats(mean, floored_scale(std, floor), counts, rows, images, held)
 
 
-def balanced_weights(counts: np.ndarray) -> dict[int, float]:
-    """scikit-learn's ``class_weight="balanced"`` from class counts."""
-    return {c: float(counts.sum() / (len(counts) * n)) for c, n in enumerate(counts) if n > 0}
-
-
 class MinibatchLinearHead:
     """A linear head trained by Adam on minibatches, minimising the in-memory head's objective.
 
@@ -217,7 +214,7 @@ class MinibatchLinearHead:
     """
 
     def __init__(self, loss: str, C: float, n: int, n_classes: int, dim: int,
-                 init: tuple[np.ndarray, np.ndarray] | None, class_weight: dict | None, seed: int,
+                 init: tuple[np.ndarray, np.ndarray] | None, class_weight: np.ndarray | None, seed: int,
                  lr: float = 0.01) -> None:
         torch.manual_seed(seed)
         self.loss = loss
@@ -227,13 +224,10 @@ class MinibatchLinearHead:
         with torch.no_grad():
             self.linear.weight.copy_(W0)
             self.linear.bias.copy_(b0)
-        self.W0 = W0
-        self.penalty = 1.0 / (2.0 * C * n)
+        self.W0, self.C, self.n = W0, C, n
         self.lr = lr
         self.optimiser = torch.optim.Adam(self.linear.parameters(), lr=lr)
-        self.weight = None
-        if class_weight:
-            self.weight = torch.tensor([class_weight.get(c, 0.0) for c in range(n_classes)], dtype=torch.float32)
+        self.weight = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32)
 
     def _data_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.loss == "multinomial":
@@ -251,7 +245,7 @@ class MinibatchLinearHead:
             rows = torch.as_tensor(order[start:start + MINIBATCH])
             xb, yb = Xt[rows], yt[rows]
             self.optimiser.zero_grad()
-            loss = self._data_loss(self.linear(xb), yb) + self.penalty * ((self.linear.weight - self.W0) ** 2).sum()
+            loss = self._data_loss(self.linear(xb), yb) + l2_penalty(self.linear.weight, self.W0, self.C, self.n)
             loss.backward()
             self.optimiser.step()
 
@@ -313,63 +307,66 @@ def fit_streaming(stream: RowStream, clf: str, C: float | str, classes: list[str
     HeadTrainingError
         NaN/inf values, fewer than two classes, or a class without rows.
     """
-    n_classes = len(classes)
-    stats = row_stats(stream, n_classes, seed)
-    absent = [classes[c] for c in range(n_classes) if stats.counts[c] == 0]
-    if len(absent) >= n_classes - 1:
-        raise HeadTrainingError(f"split {stream.split!r} has a single class; a classifier needs two or more")
-    if absent:
-        raise HeadTrainingError(f"classes without training rows: {', '.join(absent)}")
-    weights = balanced_weights(stats.counts) if class_weight == "balanced" else None
-    init_s = None
-    if init is not None:  # raw -> standardised space, as TorchLinearHead does
-        W0, b0 = init
-        init_s = (W0 * stats.scale[None, :], b0 + W0 @ stats.mean)
+    stats = row_stats(stream, len(classes), seed)
+    check_classes(stats.counts, classes, stream.split)
+    trainer = _PassTrainer(stream, stats, passes, seed)
+    weights = balanced_class_weights(stats.counts) if class_weight == "balanced" else None
+    init_s = None if init is None else standardised_init(*init, stats.mean, stats.scale)
+    loss = "squared_hinge" if clf == "svm" else "multinomial"
 
-    def head(C_value: float, n: int):
-        loss = "squared_hinge" if clf == "svm" else "multinomial"
-        return MinibatchLinearHead(loss, C_value, n, n_classes, len(stats.mean), init_s, weights, seed)
-
-    mean32, scale32 = stats.mean.astype(np.float32), stats.scale.astype(np.float32)
-
-    def standardise(X: np.ndarray) -> np.ndarray:
-        X -= mean32  # in place on the chunk's own buffer: no temporaries
-        X /= scale32
-        return X
-
-    def train(heads: list, rows_of) -> None:
-        rng = np.random.default_rng(seed)
-        for p in range(passes):
-            for chunk in stream.chunks(rng):
-                order = chunk.order[rows_of(chunk.image_index)[chunk.order]]
-                if len(order):
-                    standardise(chunk.X)
-                    for h in heads:
-                        h.partial_fit(chunk.X, chunk.y, order)
-                del chunk  # before the next chunk is read: one buffer at a time
-            for h in heads:
-                h.end_pass((p + 1) / passes)
+    def head(C_value: float, n: int) -> MinibatchLinearHead:
+        return MinibatchLinearHead(loss, C_value, n, len(classes), len(stats.mean), init_s, weights, seed)
 
     curve = holdout_score = None
     if C == "auto":
         candidates = [head(float(c), stats.rows - stats.held_out_rows) for c in STREAMING_C_GRID]
-        train(candidates, lambda idx: ~_holdout(idx, seed))
-        correct, total = np.zeros(len(candidates)), 0
-        for chunk in stream.chunks():
-            held = _holdout(chunk.image_index, seed) & (chunk.view == 0)
+        trainer.train(candidates, lambda idx: ~_holdout(idx, seed))
+        curve = [(float(c), score) for c, score in zip(STREAMING_C_GRID, trainer.holdout_accuracy(candidates))]
+        C, holdout_score = best_C(curve)
+    final = head(float(C), stats.rows)
+    trainer.train([final], lambda idx: np.ones(len(idx), dtype=bool))
+    W, b = fold_scaler(*final.coefficients(), stats.mean, stats.scale)
+    return StreamingFit(W, b, float(C), holdout_score, curve, stats)
+
+
+class _PassTrainer:
+    """Passes of minibatch training over a split, standardising each chunk in place."""
+
+    def __init__(self, stream: RowStream, stats: RowStats, passes: int, seed: int) -> None:
+        self.stream, self.passes, self.seed = stream, passes, seed
+        self.mean32, self.scale32 = stats.mean.astype(np.float32), stats.scale.astype(np.float32)
+
+    def standardise(self, X: np.ndarray) -> np.ndarray:
+        X -= self.mean32  # in place on the chunk's own buffer: no temporaries
+        X /= self.scale32
+        return X
+
+    def train(self, heads: list[MinibatchLinearHead], rows_of) -> None:
+        """``passes`` passes over the rows that ``rows_of(image_index)`` selects, in a seeded random order."""
+        rng = np.random.default_rng(self.seed)
+        for p in range(self.passes):
+            for chunk in self.stream.chunks(rng):
+                order = chunk.order[rows_of(chunk.image_index)[chunk.order]]
+                if len(order):
+                    self.standardise(chunk.X)
+                    for h in heads:
+                        h.partial_fit(chunk.X, chunk.y, order)
+                del chunk  # before the next chunk is read: one buffer at a time
+            for h in heads:
+                h.end_pass((p + 1) / self.passes)
+
+    def holdout_accuracy(self, heads: list[MinibatchLinearHead]) -> list[float]:
+        """Accuracy of each head on the held-out images' centre crops."""
+        correct, total = np.zeros(len(heads)), 0
+        for chunk in self.stream.chunks():
+            held = _holdout(chunk.image_index, self.seed) & (chunk.view == 0)
             if held.any():
-                Xs = standardise(chunk.X)[held]
-                for i, h in enumerate(candidates):
+                Xs = self.standardise(chunk.X)[held]
+                for i, h in enumerate(heads):
                     W, b = h.coefficients()
                     correct[i] += int(((Xs @ W.T + b).argmax(1) == chunk.y[held]).sum())
                 total += int(held.sum())
             del chunk
         if total == 0:
             raise HeadTrainingError("too few training images to hold one in five out for choosing C; pass a fixed --C")
-        curve = [(float(c), float(k / total)) for c, k in zip(STREAMING_C_GRID, correct)]
-        holdout_score = max(score for _, score in curve)
-        C = next(c for c, score in curve if score >= holdout_score - 1e-12)
-    final = head(float(C), stats.rows)
-    train([final], lambda idx: np.ones(len(idx), dtype=bool))
-    W, b = fold_scaler(*final.coefficients(), stats.mean, stats.scale)
-    return StreamingFit(W, b, float(C), holdout_score, curve, stats)
+        return [float(k / total) for k in correct]

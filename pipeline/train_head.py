@@ -9,15 +9,19 @@ from dataclasses import dataclass, field
 
 import joblib
 import numpy as np
-import torch
+from sklearn.base import BaseEstimator
 
 from features.data import find_train_split
 from features.exclude import ExcludeList, read_exclude
+from features.hashing import sha256_file
+from features.identity import FeatureIdentity
 from features.store import FeatureFile, SplitData
+from pipeline.affine import AffineHead, HeadMeta, save_affine, write_head_meta
 from pipeline.artefacts import staged_folder
 from pipeline.file_splits import unlabeled_splits
-from pipeline.affine import AffineHead, save_affine, write_head_meta
-from pipeline.heads import HeadTrainingError, TorchLinearHead, affine_of, choose_C, make_estimator, sweep_jobs
+from pipeline.filenames import CONFUSION_PNG, HEAD_ARRAYS, HEAD_ESTIMATOR, HEAD_META, HEAD_REPORT
+from pipeline.head_maths import HeadTrainingError, check_classes, check_finite
+from pipeline.heads import C_parameter, affine_of, choose_C, make_estimator, sweep_jobs
 from pipeline.metrics import classification_report, format_report, save_confusion_png
 from pipeline.streaming import (MINIBATCH, STREAMING_C_GRID, PeakMemory, RowStream, chunk_rows_for, default_max_memory,
                                 fit_streaming, human_bytes, matrix_bytes)
@@ -51,15 +55,15 @@ class HeadResult:
     notes: list[str] = field(default_factory=list)
 
 
-def check_finite(features: np.ndarray, what: str) -> None:
-    """Refuse NaN/inf features, with their count."""
-    bad = int((~np.isfinite(features)).sum())
-    if bad:
-        rows = int((~np.isfinite(features)).any(axis=1).sum())
-        raise HeadTrainingError(f"{what} has {bad} NaN/inf values in {rows} rows; re-extract or drop them")
+def imagenet_init(feature_file: FeatureFile, classes: list[str]) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, int]]:
+    """Initial rows ``(W0, b0)`` for ``--init imagenet``: the backbone's own ImageNet rows for
+    matching class names (zeros elsewhere), and the matches.
 
-
-def _imagenet_init(feature_file: FeatureFile, classes: list[str]) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, int]]:
+    Raises
+    ------
+    HeadTrainingError
+        No class name matches an ImageNet category.
+    """
     from pipeline.imagenet import imagenet_rows, match_imagenet
     from pipeline.rebuild import rebuild_backbone
 
@@ -90,9 +94,46 @@ class _Fitted:
     has_views: bool
     splits: dict
     affine: tuple[np.ndarray, np.ndarray] | None
-    estimator: object | None = None
+    estimator: BaseEstimator | None = None
     chunk_rows: int | None = None
     exclude: dict | None = None
+
+
+@dataclass
+class _Plan:
+    """Which splits play which part, and how the training rows are read."""
+
+    train_split: str
+    evaluated: list[str]  # labeled splits other than the training split
+    unlabeled: list[str]
+    streaming: bool
+    max_memory: int
+
+
+def _check_options(cfg: HeadConfig) -> None:
+    if cfg.init == "imagenet" and cfg.clf != "linear":
+        raise ValueError("--init imagenet applies to --clf linear only")
+    if cfg.clf == "svm" and cfg.kernel != "linear" and cfg.init != "none":
+        raise ValueError("--init is not available for kernel SVMs")
+
+
+def _plan(cfg: HeadConfig, ff: FeatureFile) -> _Plan:
+    """Pick the training split, the splits to evaluate, and in-memory or streaming fitting."""
+    unlabeled = unlabeled_splits(ff)
+    train_split = find_train_split([s for s in ff.splits if s not in unlabeled])
+    if train_split is None:
+        raise HeadTrainingError(f"{cfg.features_path}: no labeled training split among {', '.join(ff.splits)}")
+    max_memory = cfg.max_memory if cfg.max_memory is not None else default_max_memory()
+    needed = matrix_bytes(ff.n_rows(train_split), ff.feature_dim)
+    streaming = needed > max_memory
+    if streaming and cfg.exclude:
+        raise ValueError("--exclude needs the training rows in memory; raise --max-memory, or re-extract "
+                         "with run_extract.py --exclude")
+    if streaming and cfg.clf == "svm" and cfg.kernel != "linear":
+        raise ValueError(f"a {cfg.kernel} kernel SVM needs the training rows in memory "
+                         f"({human_bytes(needed)} > --max-memory); raise --max-memory or use --kernel linear")
+    evaluated = [s for s in ff.splits if s != train_split and s not in unlabeled]
+    return _Plan(train_split, evaluated, unlabeled, streaming, max_memory)
 
 
 def train_head(cfg: HeadConfig) -> HeadResult:
@@ -119,59 +160,46 @@ def train_head(cfg: HeadConfig) -> HeadResult:
     ValueError
         Inconsistent options (``--init imagenet`` with another classifier, ...).
     """
-    if cfg.init == "imagenet" and cfg.clf != "linear":
-        raise ValueError("--init imagenet applies to --clf linear only")
-    if cfg.clf == "svm" and cfg.kernel != "linear" and cfg.init != "none":
-        raise ValueError("--init is not available for kernel SVMs")
-    max_memory = cfg.max_memory if cfg.max_memory is not None else default_max_memory()
+    _check_options(cfg)
     notes: list[str] = []
     started = time.perf_counter()
     peak = PeakMemory()
     with FeatureFile(cfg.features_path) as ff:
-        classes = ff.classes
-        unlabeled = unlabeled_splits(ff)
-        train_split = find_train_split([s for s in ff.splits if s not in unlabeled])
-        if train_split is None:
-            raise HeadTrainingError(f"{cfg.features_path}: no labeled training split among {', '.join(ff.splits)}")
-        evaluated = [s for s in ff.splits if s != train_split and s not in unlabeled]
-        for name in unlabeled:
+        plan = _plan(cfg, ff)
+        for name in plan.unlabeled:
             notes.append(f"{name}: {ff.n_rows(name)} unlabeled rows, no metrics; predict them with "
                          f"run_head.py predict --split {name} --format submission")
-        streaming = matrix_bytes(ff.n_rows(train_split), ff.feature_dim) > max_memory
-        exclude = read_exclude(cfg.exclude) if cfg.exclude else None
-        if streaming and exclude is not None:
-            raise ValueError("--exclude needs the training rows in memory; raise --max-memory, or re-extract "
-                             "with run_extract.py --exclude")
-        if streaming and cfg.clf == "svm" and cfg.kernel != "linear":
-            raise ValueError(f"a {cfg.kernel} kernel SVM needs the training rows in memory "
-                             f"({human_bytes(matrix_bytes(ff.n_rows(train_split), ff.feature_dim))} > --max-memory); "
-                             "raise --max-memory or use --kernel linear")
         init, matched = None, {}
         if cfg.init == "imagenet":
-            init, matched = _imagenet_init(ff, classes)
-            notes.append(f"--init imagenet matched {len(matched)}/{len(classes)} classes: "
+            init, matched = imagenet_init(ff, ff.classes)
+            notes.append(f"--init imagenet matched {len(matched)}/{len(ff.classes)} classes: "
                          + ", ".join(f"{k} -> ImageNet {v}" for k, v in matched.items()))
-        identity = ff.identity()
-        data_root = ff.data_root
         peak.start()
-        if streaming:
-            fitted = _fit_streaming(cfg, ff, train_split, evaluated, classes, init, max_memory)
+        if plan.streaming:
+            fitted = _fit_streaming(cfg, ff, plan, init)
         else:
-            fitted = _fit_in_memory(cfg, ff, train_split, evaluated, classes, init, notes, exclude)
+            fitted = _fit_in_memory(cfg, ff, plan, init, notes)
         memory_growth = peak.growth()
-    total_seconds = time.perf_counter() - started
+        identity, data_root = ff.identity(), ff.data_root
     if not fitted.splits:
-        notes.append(f"no labeled split besides {train_split!r}: only the "
-                     f"{'held-out' if streaming else 'cross-validated'} estimate is reported")
+        notes.append(f"no labeled split besides {plan.train_split!r}: only the "
+                     f"{'held-out' if plan.streaming else 'cross-validated'} estimate is reported")
+    report = _report(cfg, plan, fitted, identity, memory_growth, time.perf_counter() - started, matched)
+    notes += _write_head_folder(cfg, plan, fitted, identity, data_root, report)
+    return HeadResult(report, notes)
 
+
+def _report(cfg: HeadConfig, plan: _Plan, fitted: _Fitted, identity: FeatureIdentity, memory_growth: int | None,
+            total_seconds: float, matched: dict[str, int]) -> dict:
+    """The contents of ``report.json``."""
     fusable = not (cfg.clf == "svm" and cfg.kernel != "linear")
-    report = {
+    return {
         "clf": cfg.clf if fusable else f"svm-{cfg.kernel}",
-        "mode": "streaming" if streaming else "in-memory",
-        "max_memory_bytes": max_memory,
+        "mode": "streaming" if plan.streaming else "in-memory",
+        "max_memory_bytes": plan.max_memory,
         "peak_memory_growth_bytes": memory_growth,
         "chunk_rows": fitted.chunk_rows,
-        "passes": cfg.passes if streaming else None,
+        "passes": cfg.passes if plan.streaming else None,
         "C": fitted.C,
         "C_selection": fitted.selection,
         "cv_score": fitted.cv_score,
@@ -179,86 +207,95 @@ def train_head(cfg: HeadConfig) -> HeadResult:
         "cv_curve": [{"C": c, "accuracy": s} for c, s in fitted.curve] if fitted.curve else None,
         "fit_seconds": round(fitted.fit_seconds, 3),
         "total_seconds": round(total_seconds, 3),
-        "train_split": train_split,
+        "train_split": plan.train_split,
         "train_rows": fitted.train_rows,
         "train_images": fitted.train_images,
         "augmented_views_used": fitted.has_views,
         "class_weight": cfg.class_weight,
         "init": cfg.init,
         "imagenet_matches": matched or None,
-        "epochs": cfg.epochs if cfg.clf == "linear" and not streaming else None,
+        "epochs": cfg.epochs if cfg.clf == "linear" and not plan.streaming else None,
         "seed": cfg.seed,
         "fusable": fusable,
         "features": os.path.abspath(cfg.features_path),
-        "feature_identity": {k: v for k, v in identity.items() if k != "weights_source"},
+        "feature_identity": identity.to_dict(),
         "splits": fitted.splits,
         "exclude": fitted.exclude,
-        "unlabeled_splits": unlabeled,
+        "unlabeled_splits": plan.unlabeled,
     }
+
+
+def _write_head_folder(cfg: HeadConfig, plan: _Plan, fitted: _Fitted, identity: FeatureIdentity, data_root: str,
+                       report: dict) -> list[str]:
+    """Write HEAD_DIR whole (staged, then renamed); returns notes naming the confusion matrices."""
+    notes = []
     with staged_folder(cfg.out_dir) as work:
+        estimator_sha256 = None
         if fitted.estimator is not None:
-            _save_estimator(fitted.estimator, work)
-        extra = {"data_root": data_root, "C": fitted.C, "train_split": train_split,
+            joblib.dump(fitted.estimator, os.path.join(work, HEAD_ESTIMATOR))
+            estimator_sha256 = sha256_file(os.path.join(work, HEAD_ESTIMATOR))
+        extra = {"data_root": data_root, "C": fitted.C, "train_split": plan.train_split,
                  "features": os.path.abspath(cfg.features_path)}
         if fitted.exclude is not None:
             extra["exclude"] = fitted.exclude
-        if fusable:
-            save_affine(AffineHead(*fitted.affine, classes, identity, cfg.clf, extra), work)
+        if report["fusable"]:
+            save_affine(AffineHead(*fitted.affine, list(identity.classes), identity, cfg.clf, extra), work, estimator_sha256)
         else:
-            write_head_meta(work, report["clf"], classes, identity, extra, arrays_sha256=None)
-        with open(os.path.join(work, "report.json"), "w", encoding="utf-8") as fh:
+            write_head_meta(work, HeadMeta(report["clf"], list(identity.classes), identity, False, None,
+                                           estimator_sha256, extra))
+        with open(os.path.join(work, HEAD_REPORT), "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=2)
         for name, split_report in fitted.splits.items():
-            png = save_confusion_png(split_report, classes, os.path.join(work, f"confusion_{name}.png"))
+            png = save_confusion_png(split_report, list(identity.classes),
+                                     os.path.join(work, CONFUSION_PNG.format(split=name)))
             if png:
                 notes.append(f"confusion matrix: {os.path.join(cfg.out_dir, os.path.basename(png))}")
-    return HeadResult(report, notes)
+    return notes
 
 
-def _fit_in_memory(cfg: HeadConfig, ff: FeatureFile, train_split: str, evaluated: list[str], classes: list[str], init,
-                   notes: list[str], exclude: ExcludeList | None = None) -> _Fitted:
-    """Load the training split (less the ``exclude`` list's images), choose C by K-fold CV, fit, and evaluate the
-    ``evaluated`` (labeled) splits."""
-    train = ff.read_split(train_split)
+def _training_rows(cfg: HeadConfig, ff: FeatureFile, split: str, notes: list[str]) -> tuple[SplitData, dict | None]:
+    """The training split in memory, less the ``--exclude`` list's images; refuses unusable rows."""
+    train = ff.read_split(split)
     excluded = None
-    if exclude is not None:
-        train, excluded = _without(train, exclude)
+    if cfg.exclude:
+        train, excluded = _without(train, read_exclude(cfg.exclude))
         notes.append(f"--exclude: left out {excluded['excluded']} training images ({excluded['excluded_rows']} rows) "
                      f"of the {excluded['listed']} paths listed in {cfg.exclude}")
-    check_finite(train.features, f"split {train_split!r}")
+    check_finite(train.features, f"split {split!r}")
     if (train.labels < 0).any():
-        raise HeadTrainingError(f"split {train_split!r} has {int((train.labels < 0).sum())} unlabeled rows (label -1)")
-    present = np.unique(train.labels)
-    if len(present) < 2:
-        raise HeadTrainingError(f"split {train_split!r} has a single class ({classes[present[0]] if len(present) else 'none'}); a classifier needs two or more")
-    absent = [classes[i] for i in range(len(classes)) if i not in set(present)]
-    if absent:
-        raise HeadTrainingError(f"classes without training rows: {', '.join(absent)}")
+        raise HeadTrainingError(f"split {split!r} has {int((train.labels < 0).sum())} unlabeled rows (label -1)")
+    check_classes(np.bincount(train.labels, minlength=len(ff.classes)), ff.classes, split)
+    return train, excluded
 
-    def estimator_for(C: float):
-        return make_estimator(cfg.clf, C, cfg.class_weight, cfg.seed, cfg.kernel, cfg.epochs, init)
 
+def _fit_in_memory(cfg: HeadConfig, ff: FeatureFile, plan: _Plan, init, notes: list[str]) -> _Fitted:
+    """Load the training split, choose C by K-fold CV, fit, and evaluate the other labeled splits."""
+    train, excluded = _training_rows(cfg, ff, plan.train_split, notes)
+    estimator = make_estimator(cfg.clf, 1.0 if cfg.C == "auto" else float(cfg.C), cfg.class_weight, cfg.seed,
+                               cfg.kernel, cfg.epochs, init)
     clean = train.view == 0
     cv = None
     if cfg.C == "auto":
-        cv = choose_C(estimator_for, train.features, train.labels, train.image_index, clean, cfg.cv, cfg.seed,
+        cv = choose_C(estimator, train.features, train.labels, train.image_index, clean, cfg.cv, cfg.seed,
                       sweep_jobs(cfg.n_jobs, *train.features.shape))
         notes += cv.warnings
-    C = cv.C if cv else float(cfg.C)
-    estimator = estimator_for(C)
+        estimator.set_params(**{C_parameter(estimator): cv.C})
     fit_started = time.perf_counter()
     estimator.fit(train.features, train.labels)  # every class has training rows (checked above)
     fit_seconds = time.perf_counter() - fit_started
     splits = {}
-    for name in evaluated:
+    for name in plan.evaluated:
         data = ff.read_split(name).clean()
         check_finite(data.features, f"split {name!r}")
-        splits[name] = classification_report(data.labels, estimator.predict(data.features), classes)
+        splits[name] = classification_report(data.labels, estimator.predict(data.features), ff.classes)
     linear = not (cfg.clf == "svm" and cfg.kernel != "linear")
-    return _Fitted(C, "cross-validation on the training split" if cv else "fixed",
-                   cv.cv_score if cv else None, cv.folds if cv else None, cv.grid if cv else None, fit_seconds,
-                   int(len(train.labels)), int(clean.sum()), bool((train.view > 0).any()), splits,
-                   affine_of(estimator, len(classes)) if linear else None, estimator, exclude=excluded)
+    return _Fitted(C=cv.C if cv else float(cfg.C),
+                   selection="cross-validation on the training split" if cv else "fixed",
+                   cv_score=cv.cv_score if cv else None, cv_folds=cv.folds if cv else None,
+                   curve=cv.grid if cv else None, fit_seconds=fit_seconds, train_rows=int(len(train.labels)),
+                   train_images=int(clean.sum()), has_views=bool((train.view > 0).any()), splits=splits,
+                   affine=affine_of(estimator, len(ff.classes)) if linear else None, estimator=estimator,
+                   exclude=excluded)
 
 
 def _without(data: SplitData, exclude: ExcludeList) -> tuple[SplitData, dict]:
@@ -270,41 +307,35 @@ def _without(data: SplitData, exclude: ExcludeList) -> tuple[SplitData, dict]:
     return kept, record
 
 
-def _fit_streaming(cfg: HeadConfig, ff: FeatureFile, train_split: str, evaluated: list[str], classes: list[str], init,
-                   max_memory: int) -> _Fitted:
-    """Fit from chunks of the training split and evaluate the other splits chunk by chunk."""
+def _fit_streaming(cfg: HeadConfig, ff: FeatureFile, plan: _Plan, init) -> _Fitted:
+    """Fit from chunks of the training split and evaluate the other labeled splits chunk by chunk."""
     ff.verify()  # chunked reads skip checksums: check the whole file once, in bounded memory
-    chunk_rows = chunk_rows_for(max_memory, ff.feature_dim)
+    chunk_rows = chunk_rows_for(plan.max_memory, ff.feature_dim)
     fit_started = time.perf_counter()
-    fit = fit_streaming(RowStream(ff, train_split, chunk_rows), cfg.clf, cfg.C, classes, cfg.passes, cfg.seed,
+    fit = fit_streaming(RowStream(ff, plan.train_split, chunk_rows), cfg.clf, cfg.C, ff.classes, cfg.passes, cfg.seed,
                         cfg.class_weight, init)
     fit_seconds = time.perf_counter() - fit_started
-    head = AffineHead(fit.W, fit.b, classes, {}, cfg.clf, {})
-    splits = {}
-    for name in evaluated:
-        labels, predicted = [], []
-        for chunk in RowStream(ff, name, chunk_rows).chunks():
-            for start in range(0, len(chunk.y), MINIBATCH):  # small float64 logits, not a chunk-sized copy
-                block = slice(start, start + MINIBATCH)
-                clean = chunk.view[block] == 0
-                X = chunk.X[block][clean]
-                check_finite(X, f"split {name!r}")
-                labels.append(chunk.y[block][clean])
-                predicted.append(head.logits(X).argmax(1))
-            del chunk
-        splits[name] = classification_report(np.concatenate(labels), np.concatenate(predicted), classes)
+    splits = {name: _evaluate_streamed(ff, name, chunk_rows, fit.W, fit.b) for name in plan.evaluated}
     held_out = f"held-out fifth of the training images (streaming, {len(STREAMING_C_GRID)} values)"
-    return _Fitted(fit.C, held_out if fit.curve else "fixed", fit.holdout_score, None, fit.curve, fit_seconds,
-                   fit.stats.rows, fit.stats.images, fit.stats.rows > fit.stats.images, splits, (fit.W, fit.b),
+    return _Fitted(C=fit.C, selection=held_out if fit.curve else "fixed", cv_score=fit.holdout_score, cv_folds=None,
+                   curve=fit.curve, fit_seconds=fit_seconds, train_rows=fit.stats.rows, train_images=fit.stats.images,
+                   has_views=fit.stats.rows > fit.stats.images, splits=splits, affine=(fit.W, fit.b),
                    chunk_rows=chunk_rows)
 
 
-def _save_estimator(estimator, out_dir: str) -> None:
-    if isinstance(estimator, TorchLinearHead):
-        torch.save({"linear": estimator.linear_.state_dict(), "scaler_mean": torch.as_tensor(estimator.scaler_.mean_),
-                    "scaler_scale": torch.as_tensor(estimator.scaler_.scale_)}, os.path.join(out_dir, "linear.pt"))
-    else:
-        joblib.dump(estimator, os.path.join(out_dir, "estimator.joblib"))
+def _evaluate_streamed(ff: FeatureFile, split: str, chunk_rows: int, W: np.ndarray, b: np.ndarray) -> dict:
+    """The classification report of ``(W, b)`` on a split's centre crops, read chunk by chunk."""
+    labels, predicted = [], []
+    for chunk in RowStream(ff, split, chunk_rows).chunks():
+        for start in range(0, len(chunk.y), MINIBATCH):  # small float64 logits, not a chunk-sized copy
+            block = slice(start, start + MINIBATCH)
+            clean = chunk.view[block] == 0
+            X = chunk.X[block][clean]
+            check_finite(X, f"split {split!r}")
+            labels.append(chunk.y[block][clean])
+            predicted.append((X.astype(np.float64) @ W.T + b).argmax(1))
+        del chunk
+    return classification_report(np.concatenate(labels), np.concatenate(predicted), ff.classes)
 
 
 def summary_lines(result: HeadResult, out_dir: str) -> list[str]:
@@ -326,5 +357,6 @@ def summary_lines(result: HeadResult, out_dir: str) -> list[str]:
     lines += result.notes
     for name, split_report in r["splits"].items():
         lines += format_report(name, split_report)
-    lines.append(f"saved {out_dir}/ (report.json, head.json{', head.npz' if r['fusable'] else ''})")
+    lines.append(f"saved {out_dir}/ ({HEAD_REPORT}, {HEAD_META}{', ' + HEAD_ARRAYS if r['fusable'] else ''}, "
+                 f"{HEAD_ESTIMATOR})")
     return lines

@@ -76,17 +76,16 @@ def write_feature_file(path: str, splits: dict, classes: list[str], backbone: st
 
     ``views[name] = k`` marks every ``k+1`` consecutive rows as views of one image.
     """
-    import json
-
+    from features.identity import FeatureIdentity
+    from features.preprocessing import Preprocessing
+    from features.store import file_attrs
     from features.writer import open_writer
 
     dim = next(iter(splits.values()))[0].shape[1]
-    attrs = {"backbone": backbone, "weights": "none", "weights_source": "random initialisation",
-             "feature_layer": "output of avgpool", "feature_dim": dim,
-             "preprocessing": json.dumps({"crop_size": 32, "interpolation": "bilinear", "mean": [0.5] * 3,
-                                          "resize_size": 36, "std": [0.5] * 3}, sort_keys=True),
-             "classes": json.dumps(classes), "splits": json.dumps(list(splits)), "data_root": "/nonexistent",
-             "config": json.dumps({"views": 0}), "versions": "{}", "created": "2026-01-01T00:00:00+00:00"}
+    identity = FeatureIdentity(backbone=backbone, weights="none", feature_layer="output of avgpool", feature_dim=dim,
+                               preprocessing=Preprocessing(36, 32, "bilinear", (0.5,) * 3, (0.5,) * 3),
+                               classes=tuple(classes), weights_source="random initialisation")
+    attrs = file_attrs(identity, list(splits), "/nonexistent", {"views": 0}, {}, created="2026-01-01T00:00:00+00:00")
     per_image = {name: (views or {}).get(name, 0) + 1 for name in splits}
     sizes = {name: len(y) // per_image[name] for name, (X, y) in splits.items()}
     writer = open_writer(path, attrs, sizes, dim, "float32", overwrite=True).writer

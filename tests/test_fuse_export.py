@@ -13,19 +13,23 @@ import torch
 from features.backbones import load_backbone
 from features.extract import ExtractConfig, extract
 from features.hooks import capture_features
+from features.identity import FeatureIdentity
+from features.preprocessing import Preprocessing
 from pipeline.affine import AffineHead
 from pipeline.build_model import BuildConfig, build_model
 from pipeline.export import export_model
 from pipeline.finetune import freeze_lowest, parameter_groups, set_train_mode, stages
-from pipeline.fuse import FusedHeadMismatch, fuse_head, verify_fused
+from pipeline.fusing import FusedHeadMismatch, fuse_head, verify_fused
 from pipeline.train_head import HeadConfig, train_head
 from tests.conftest import REPO, make_imagefolder, run_cli
 
 
-def _random_head(dim, n_classes, seed=0, identity=None):
+def _random_head(dim, n_classes, seed=0):
     rng = np.random.default_rng(seed)
-    return AffineHead(rng.normal(size=(n_classes, dim)) * 0.05, rng.normal(size=n_classes), [f"c{i}" for i in range(n_classes)],
-                      identity or {}, "logreg")
+    classes = [f"c{i}" for i in range(n_classes)]
+    identity = FeatureIdentity("random", "none", "none", dim, Preprocessing(36, 32, "bilinear", (0.5,) * 3, (0.5,) * 3),
+                               tuple(classes))
+    return AffineHead(rng.normal(size=(n_classes, dim)) * 0.05, rng.normal(size=n_classes), classes, identity, "logreg")
 
 
 @pytest.mark.parametrize("name, weights", [("efficientnet_lite0", "DEFAULT"), ("resnet50", "none"),
@@ -161,7 +165,11 @@ def test_finetune_resume_after_killing_a_real_run(tiny_pipeline, tmp_path):
     proc.kill()
     proc.wait()
     assert not os.path.exists(cut), "the run finished before it could be killed (or left a half-written folder)"
-    killed_at = torch.load(os.path.join(cut + ".partial", "checkpoint.pt"), weights_only=False)["epoch"]
+    killed_at = torch.load(os.path.join(cut + ".partial", "checkpoint.pt"), weights_only=True)["epoch"]  # plain values only
+    other = [a if a != "0.01" else "0.02" for a in args]
+    refused = run_cli("-m pipeline.fuse", *other, "--out", cut, "--resume")
+    assert refused.returncode == 2 and "other options: lr 0.01 (now 0.02)" in refused.stderr
+    assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     resumed = run_cli("-m pipeline.fuse", *args, "--out", cut, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     whole = run_cli("-m pipeline.fuse", *args, "--out", str(tmp_path / "whole"))
@@ -171,6 +179,15 @@ def test_finetune_resume_after_killing_a_real_run(tiny_pipeline, tmp_path):
     assert a["resumed_from_epoch"] == killed_at < 25
     assert [h["train_loss"] for h in a["history"][1:]] == pytest.approx([h["train_loss"] for h in b["history"][1:]], rel=1e-5)
     assert a["best_epoch"] == b["best_epoch"]
+
+
+def test_fuse_command_module_is_loaded_once():
+    """``python -m pipeline.fuse`` runs the command module as __main__; nothing imports it a second time."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipeline.fuse", "--help"], capture_output=True,
+                       text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO))
+    imported = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if "|" in line]
+    assert r.returncode == 0 and "Fuse a trained head" in r.stdout
+    assert "pipeline.fusing" in imported and "pipeline.fuse" not in imported
 
 
 def test_fuse_cli_bad_inputs(tiny_pipeline, tmp_path):
@@ -211,17 +228,13 @@ def test_predict_cli_real_and_broken_images(tiny_pipeline, tmp_path):
 
 
 def test_rebuild_refuses_a_weights_file_that_changed(tmp_path):
-    import json as _json
-
     from pipeline.affine import HeadError
     from pipeline.rebuild import rebuild_backbone
 
     path = str(tmp_path / "w.pth")
     torch.save(load_backbone("tiny_cnn", "none").model.state_dict(), path)
     original = load_backbone("tiny_cnn", path)
-    identity = {"backbone": "tiny_cnn", "weights": original.weights.identity, "weights_source": path,
-                "preprocessing": _json.loads(original.preprocessing.to_json()), "feature_layer": original.spec.feature_layer,
-                "feature_dim": 32}
+    identity = FeatureIdentity.of_backbone(original, ["a", "b"])
     assert rebuild_backbone(identity).weights.identity == original.weights.identity
     state = original.model.state_dict()
     state["fc.bias"] += 1

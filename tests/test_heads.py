@@ -33,7 +33,8 @@ def test_each_classifier_learns_separable_blobs(blob_file, tmp_path, clf):
     saved = json.load(open(tmp_path / clf / "report.json"))
     assert saved["splits"]["val"]["confusion_matrix"] == r["splits"]["val"]["confusion_matrix"]
     assert set(saved) >= {"clf", "C", "cv_score", "fit_seconds", "splits"}
-    assert os.path.exists(tmp_path / clf / ("linear.pt" if clf == "linear" else "estimator.joblib"))
+    written = set(os.listdir(tmp_path / clf)) - {"confusion_val.png"}  # the PNG needs the plot extra
+    assert written == {"estimator.joblib", "head.json", "head.npz", "report.json"}
 
 
 @pytest.mark.parametrize("clf", ["logreg", "svm", "linear"])
@@ -41,7 +42,7 @@ def test_each_classifier_learns_separable_blobs(blob_file, tmp_path, clf):
 def test_affine_map_reproduces_decision_function(clf, n_classes):
     X, y = blobs(20, n_classes, 12, seed=3, spread=4.0)
     est = make_estimator(clf, 0.5, None, 0)
-    est = est.fit(X, y, n_classes=n_classes) if clf == "linear" else est.fit(X, y)
+    est = est.fit(X, y)
     W, b = affine_of(est, n_classes)
     scores = est.decision_function(X)
     logits = X @ W.T + b
@@ -185,6 +186,59 @@ def test_near_constant_features_do_not_get_huge_weights():
     W, _ = affine_of(est, 3)
     # An unfloored StandardScaler would divide that column's weight by ~1e-6.
     assert np.abs(W[:, -1]).max() < 10 * np.abs(W[:, :-1]).max()
+
+
+def test_torch_linear_head_is_a_scikit_learn_classifier():
+    from sklearn.base import clone, is_classifier
+    from sklearn.exceptions import NotFittedError
+
+    from pipeline.heads import TorchLinearHead
+
+    X, y = blobs(15, 3, 6, seed=5, spread=3.0)
+    labels = np.array(["cat", "dog", "fox"])[y]  # classes_ come from the data, whatever they are
+    head = TorchLinearHead(C=0.5, epochs=50, class_weight="balanced")
+    with pytest.raises(NotFittedError):
+        head.predict(X)
+    twin = clone(head)
+    assert is_classifier(head) and twin.get_params() == head.get_params() and not hasattr(twin, "coef_")
+    head.fit(X, labels)
+    assert list(head.classes_) == ["cat", "dog", "fox"] and head.coef_.shape == (3, 6) and head.intercept_.shape == (3,)
+    assert head.score(X, labels) >= 0.9 and set(head.predict(X)) <= set(head.classes_)
+    np.testing.assert_allclose(clone(head).fit(X, labels).coef_, head.coef_)  # deterministic
+    with pytest.raises(ValueError, match="init has shape"):
+        TorchLinearHead(init=(np.zeros((2, 6)), np.zeros(2))).fit(X, labels)
+
+
+def test_C_sweep_is_scikit_learns_grid_search_with_image_folds(blob_file):
+    """The sweep's curve equals a hand-run of the same folds, and ties go to the smaller C."""
+    from pipeline.head_maths import best_C
+    from pipeline.heads import choose_C
+
+    Xtr, ytr = blobs(30, 3, 16, seed=0)
+    groups, clean = np.arange(len(ytr)), np.ones(len(ytr), bool)
+    grid = np.array([1e-3, 1e-1, 10.0])
+    cv = choose_C(make_estimator("logreg", 1.0, None, 0), Xtr, ytr, groups, clean, 5, 0, 1, grid=grid)
+    for C, score in cv.grid:
+        by_hand = [make_estimator("logreg", C, None, 0).fit(Xtr[tr], ytr[tr]).score(Xtr[te], ytr[te])
+                   for tr, te in cv_splits(ytr, groups, clean, 5, 0)]
+        assert score == pytest.approx(np.mean(by_hand))
+    assert cv.C == best_C(cv.grid)[0]
+    assert best_C([(0.1, 0.9), (1.0, 0.95), (10.0, 0.95)]) == (1.0, 0.95)
+
+
+def test_estimator_is_unpickled_only_when_its_hash_matches(blob_file, tmp_path):
+    out = str(tmp_path / "rbf")
+    train_head(HeadConfig(blob_file, out, clf="svm", kernel="rbf", C=1.0))
+    assert predict_split(out, blob_file, "val", None)["accuracy"] >= 0.95
+    with open(os.path.join(out, "estimator.joblib"), "ab") as fh:
+        fh.write(b"\0")  # any change, even one a pickle reader would ignore
+    r = run_cli("run_head.py", "predict", "--head", out, "--features", blob_file)
+    assert r.returncode == 2 and "do not match the hash" in r.stderr and "Traceback" not in r.stderr
+    meta = json.load(open(os.path.join(out, "head.json")))
+    meta["format_version"] = 99
+    json.dump(meta, open(os.path.join(out, "head.json"), "w"))
+    r = run_cli("run_head.py", "predict", "--head", out, "--features", blob_file)
+    assert r.returncode == 2 and "head format version 99 is not supported" in r.stderr
 
 
 def test_small_sweeps_run_serially_unless_asked():

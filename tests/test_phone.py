@@ -1,6 +1,5 @@
 """Phone photos: EXIF orientation everywhere an image is decoded, reduced-scale JPEG decoding."""
 
-import json
 import os
 
 import numpy as np
@@ -77,10 +76,10 @@ def test_reduced_decoding_keeps_orientation(tmp_path):
 
 def test_preprocessing_records_decoding_and_reads_old_records():
     p = load_backbone("tiny_cnn", "none").preprocessing
-    record = json.loads(p.to_json())
+    record = p.to_dict()
     assert record["exif_orientation"] is True and record["jpeg_draft"] is True
     old = {k: v for k, v in record.items() if k not in ("exif_orientation", "jpeg_draft")}
-    before = Preprocessing.from_json(json.dumps(old))
+    before = Preprocessing.from_dict(old)
     assert not before.exif_orientation and not before.jpeg_draft and before != p
 
 

@@ -1,0 +1,96 @@
+"""What every command shares: its options, and how its errors become one line and an exit code.
+
+Exit codes, the same for every command:
+
+- 0: done;
+- 1: nothing readable (no image in the dataset or among the inputs could be decoded);
+- 2: bad input, a damaged file, or an output another run is writing;
+- 4: the output could not be written (disk full, quota, I/O error; rerun to resume);
+- 130: interrupted (rerun to resume).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Callable, Iterator, NoReturn
+
+import click
+
+from features.backbones import BackboneError
+from features.data import DatasetError
+from features.extract import ExtractionError
+from features.interrupt import Interrupted
+from features.locking import LockError
+from features.store import FeatureFileError
+from features.writer import WriteFailed
+
+EXIT_NOTHING_READABLE = 1
+EXIT_BAD_INPUT = 2
+EXIT_WRITE_FAILED = 4
+EXIT_INTERRUPTED = 130
+
+# Failures a user can cause in stage one; stage two adds its own (pipeline.cli_errors).
+USER_ERRORS: tuple[type[Exception], ...] = (DatasetError, BackboneError, FeatureFileError, LockError, ValueError)
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with ``code``."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def exit_codes(user_errors: tuple[type[Exception], ...], interrupted: str) -> Iterator[None]:
+    """Turn the errors of the block into one ``error:`` line and the module's exit codes.
+
+    Parameters
+    ----------
+    user_errors : tuple of exception types
+        Errors that mean bad input (exit 2).
+    interrupted : str
+        The line printed on Ctrl-C or SIGTERM (exit 130), e.g. how to resume.
+    """
+    try:
+        yield
+    except WriteFailed as exc:
+        fail(str(exc), EXIT_WRITE_FAILED)
+    except ExtractionError as exc:  # no image of the dataset could be decoded
+        fail(str(exc), EXIT_NOTHING_READABLE)
+    except user_errors as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    except (Interrupted, KeyboardInterrupt):
+        fail(interrupted, EXIT_INTERRUPTED)
+
+
+# ---------------------------------------------------------------------------- shared options
+
+Decorator = Callable[[Callable], Callable]
+
+
+def device_option() -> Decorator:
+    return click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+
+
+def precision_option(help_text: str) -> Decorator:
+    return click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+                        show_default=True, help=help_text)
+
+
+def seed_option(help_text: str | None = None) -> Decorator:
+    return click.option("--seed", default=0, show_default=True, type=int, help=help_text)
+
+
+def batch_size_option(default: int) -> Decorator:
+    return click.option("--batch-size", default=default, show_default=True, type=click.IntRange(min=1))
+
+
+def workers_option(default: int | None, help_text: str) -> Decorator:
+    return click.option("--workers", type=click.IntRange(min=0), default=default, show_default=default is not None,
+                        help=help_text)
+
+
+def quiet_option() -> Decorator:
+    return click.option("--quiet", is_flag=True, help="No progress line.")

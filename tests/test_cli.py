@@ -1,0 +1,46 @@
+"""The ``tlcache`` command: every step under one group, the same exit codes as the stage scripts."""
+
+import os
+
+import numpy as np
+
+from tests.conftest import blobs, make_imagefolder, run_cli, write_feature_file
+
+
+def test_one_group_runs_every_step(tmp_path):
+    r = run_cli("-m pipeline.cli", "--help")
+    assert r.returncode == 0
+    for name in ("extract", "verify", "head", "predict-features", "audit", "fuse", "predict"):
+        assert f"  {name} " in r.stdout
+    data = make_imagefolder(str(tmp_path / "data"), {"train": {"a": 6, "b": 6}, "val": {"a": 3, "b": 3}})
+    feats = str(tmp_path / "f.h5")
+    r = run_cli("-m pipeline.cli", "extract", "--data", data, "--backbone", "tiny_cnn", "--weights", "none",
+                "--out", feats, "--quiet")
+    assert r.returncode == 0 and "written" in r.stdout, r.stderr
+    assert run_cli("-m pipeline.cli", "verify", feats).returncode == 0
+    head = str(tmp_path / "head")
+    r = run_cli("-m pipeline.cli", "head", "--features", feats, "--C", "1", "--out", head)
+    assert r.returncode == 0 and os.path.exists(os.path.join(head, "head.npz")), r.stderr
+    r = run_cli("-m pipeline.cli", "predict-features", "--head", head, "--features", feats)
+    assert r.returncode == 0 and r.stdout.startswith("val: 6 rows")
+
+
+def test_errors_are_one_line_with_the_shared_exit_codes(tmp_path):
+    X, y = blobs(6, 2, 4, seed=0)
+    one_class = write_feature_file(str(tmp_path / "one.h5"), {"train": (X, np.zeros_like(y))}, ["a", "b"])
+    cases = [
+        (("-m pipeline.cli", "head", "--features", str(tmp_path / "missing.h5")), 2, "no such file"),
+        (("-m pipeline.cli", "head", "--features", one_class, "--out", str(tmp_path / "h")), 2, "single class"),
+        (("-m pipeline.cli", "fuse", "--head", str(tmp_path / "nohead"), "--out", str(tmp_path / "m")), 2,
+         "does not exist"),
+    ]
+    for args, code, words in cases:
+        r = run_cli(*args)
+        assert r.returncode == code and words in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: ")
+    empty = tmp_path / "empty" / "a"
+    empty.mkdir(parents=True)
+    (empty / "x.jpg").write_bytes(b"not an image")
+    r = run_cli("-m pipeline.cli", "extract", "--data", str(tmp_path / "empty"), "--backbone", "tiny_cnn",
+                "--weights", "none", "--out", str(tmp_path / "e.h5"), "--quiet")
+    assert r.returncode == 1 and r.stderr.startswith("error: "), r.stderr
