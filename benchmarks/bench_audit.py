@@ -13,8 +13,7 @@ import sys
 
 import numpy as np
 
-from benchmarks.bench_extract import extraction_rate
-from benchmarks.common import HYMENOPTERA, run_measured
+from benchmarks.common import HYMENOPTERA, extraction_rate, run_measured
 from benchmarks.plant import plant
 from features.store import FeatureFile
 from pipeline.dedup import hash_distance, unit_rows
@@ -86,8 +85,9 @@ def section_audit(out_dir: str, quick: bool) -> list[str]:
     truth = plant(HYMENOPTERA, data)
     features = os.path.join(out_dir, "planted-lite0.h5")
     audit_dir = os.path.join(out_dir, "planted-audit")
-    ext = run_measured(["run_extract.py", "--data", data, "--out", features, "--overwrite", "--quiet"])
-    images, loop_seconds = extraction_rate(ext.stdout)
+    ext = run_measured(["run_extract.py", "--data", data, "--out", features, "--overwrite", "--quiet",
+                        "--report", features + ".json"])
+    images, loop_seconds = extraction_rate(features + ".json")
     aud = run_measured(["run_head.py", "audit", "--features", features, "--out", audit_dir, "--overwrite"])
     with open(os.path.join(audit_dir, "audit.json"), encoding="utf-8") as fh:
         audit = json.load(fh)

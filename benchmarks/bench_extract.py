@@ -4,33 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import numpy as np
 
-from benchmarks.common import HYMENOPTERA, run_measured
+from benchmarks.common import HYMENOPTERA, extraction_rate, head_val_accuracy, run_measured
 from features.store import FeatureFile
-
-_SPLIT_LINE = re.compile(r"^\s+(\S+): (\d+) images, (\d+) rows, \d+ skipped, ([\d.]+) s, [\d.]+ img/s$")
-
-
-def extraction_rate(stdout: str) -> tuple[int, float]:
-    """Images and seconds spent in the extraction loops, parsed from the summary lines."""
-    images = seconds = 0.0
-    for line in stdout.splitlines():
-        m = _SPLIT_LINE.match(line)
-        if m:
-            images += int(m.group(2))
-            seconds += float(m.group(4))
-    return int(images), seconds
-
 
 def full_path(out_dir: str, backbone: str, weights: str, precision: str, batch: int, data: str = HYMENOPTERA,
               name: str | None = None):
     out = os.path.join(out_dir, name or f"{backbone}-{precision}-b{batch}.h5")
     m = run_measured(["run_extract.py", "--data", data, "--backbone", backbone, "--weights", weights,
-                      "--precision", precision, "--batch-size", str(batch), "--out", out, "--overwrite", "--quiet"])
-    images, seconds = extraction_rate(m.stdout)
+                      "--precision", precision, "--batch-size", str(batch), "--out", out, "--overwrite", "--quiet",
+                      "--report", out + ".json"])
+    images, seconds = extraction_rate(out + ".json")
     return m, out, images / seconds
 
 
@@ -124,9 +110,9 @@ def section_memory(out_dir: str, quick: bool) -> list[str]:
              "| dataset | images | peak RSS MB | command wall s |", "|---|---|---|---|"]
     commands = []
     for label, data in (("hymenoptera", HYMENOPTERA), (f"hymenoptera x{factor}", _copies(out_dir, factor))):
-        m, _, _ = full_path(out_dir, "efficientnet_lite0", "DEFAULT", "bf16", 32, data=data,
-                            name=f"memory-{os.path.basename(data)}.h5")
-        images, _ = extraction_rate(m.stdout)
+        m, path, _ = full_path(out_dir, "efficientnet_lite0", "DEFAULT", "bf16", 32, data=data,
+                               name=f"memory-{os.path.basename(data)}.h5")
+        images, _ = extraction_rate(path + ".json")
         commands.append(m.command)
         lines.append(f"| {label} | {images} | {m.peak_rss_mb:.0f} | {m.seconds:.1f} |")
     lines += ["", "Rows are streamed to HDF5 per batch, so memory does not grow with the number of images.", "",
@@ -154,7 +140,7 @@ def section_precision(out_dir: str, files: dict, rates: dict) -> list[str]:
                 head = os.path.join(out_dir, f"head-{backbone}-{precision}")
                 m = run_measured(["run_head.py", "--features", files[(backbone, precision)], "--clf", "logreg", "--out", head])
                 commands.append(m.command)
-                accs.append(re.search(r"val: accuracy ([\d.]+)", m.stdout).group(1))
+                accs.append(f"{head_val_accuracy(head)[0]:.4f}")
         else:
             accs = ["n/a (random weights)"] * 2
         fwd = rates[(backbone, "bf16", "forward")] / rates[(backbone, "fp32", "forward")]

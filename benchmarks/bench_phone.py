@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import numpy as np
 
 from PIL import Image
 
 from benchmarks.bench_extract import full_path
-from benchmarks.common import HYMENOPTERA, run_measured
+from benchmarks.common import HYMENOPTERA, head_val_accuracy, run_measured
 from features.images import EXIF_ORIENTATION, load_rgb
 
 PHONE_SIZE = (4032, 3024)  # 12 MP, landscape as the sensor stores it
@@ -78,13 +77,12 @@ def section_phone(out_dir: str, quick: bool) -> list[str]:
     for label, root in (("originals", original), ("12 MP phone copies", phone)):
         m, path, rate = full_path(out_dir, "efficientnet_lite0", "DEFAULT", "fp32", 32, data=root,
                                   name=f"phone-{os.path.basename(root)}.h5")
-        head = run_measured(["run_head.py", "--features", path, "--clf", "logreg", "--out",
-                             os.path.join(out_dir, f"head-{os.path.basename(root)}")])
-        accuracy = re.search(r"val: accuracy ([\d.]+),.*?\((\d+) images\)", head.stdout)
-        rates[label], files[label] = rate, path
         heads[label] = os.path.join(out_dir, f"head-{os.path.basename(root)}")
+        head = run_measured(["run_head.py", "--features", path, "--clf", "logreg", "--out", heads[label]])
+        accuracy, images = head_val_accuracy(heads[label])
+        rates[label], files[label] = rate, path
         commands += [m.command, head.command]
-        lines.append(f"| {label} | {rate:.1f} | {m.seconds:.1f} | {accuracy.group(1)} ({accuracy.group(2)} images) |")
+        lines.append(f"| {label} | {rate:.1f} | {m.seconds:.1f} | {accuracy:.4f} ({images} images) |")
     split = run_measured(["benchmarks/phone_split.py", phone, original, "24" if quick else "64"])
     commands.append(split.command)
     r = json.loads(split.stdout)

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
-from benchmarks.common import HYMENOPTERA, run_measured
-
-
-def _val_accuracy(stdout: str) -> float:
-    return float(re.search(r"val: accuracy ([\d.]+)", stdout).group(1))
+from benchmarks.common import HYMENOPTERA, head_val_accuracy, run_measured
 
 
 def section_time_to_accuracy(out_dir: str, quick: bool) -> list[str]:
@@ -38,9 +33,9 @@ def section_time_to_accuracy(out_dir: str, quick: bool) -> list[str]:
     commands += [logreg.command, imagenet.command, fuse.command]
     sidecar = json.load(open(os.path.join(out_dir, "tta-model", "model.json"), encoding="utf-8"))
     ft_acc = max(h["val_accuracy"] for h in sidecar["finetune"]["history"][1:])
-    rows.append(("(c) extract + logreg head", ext.seconds + logreg.seconds, _val_accuracy(logreg.stdout),
+    rows.append(("(c) extract + logreg head", ext.seconds + logreg.seconds, head_val_accuracy(os.path.join(out_dir, "tta-logreg"))[0],
                  "C by 5-fold CV on train"))
-    rows.append(("(d) extract + linear --init imagenet", ext.seconds + imagenet.seconds, _val_accuracy(imagenet.stdout),
+    rows.append(("(d) extract + linear --init imagenet", ext.seconds + imagenet.seconds, head_val_accuracy(imagenet_dir)[0],
                  "C by 5-fold CV on train"))
     rows.append(("(e) extract + (d) + fuse + fine-tune", ext.seconds + imagenet.seconds + fuse.seconds, ft_acc,
                  f"{ft_epochs} fine-tuning epochs (best fine-tuned epoch's val accuracy; export included)"))

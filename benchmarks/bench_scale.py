@@ -7,8 +7,7 @@ import os
 
 import numpy as np
 
-from benchmarks.bench_extract import extraction_rate
-from benchmarks.common import HYMENOPTERA, run_measured
+from benchmarks.common import HYMENOPTERA, extraction_rate, run_measured
 from features.store import FeatureFile
 from pipeline.affine import load_affine
 
@@ -24,8 +23,8 @@ def _processes(out_dir: str, quick: bool) -> tuple[list[str], list[str]]:
     common += ["--limit", "100"] if quick else []
     for n, args in ((1, common), (2, TORCHRUN + common)):
         files[n] = os.path.join(out_dir, f"procs-{n}.h5")
-        m = run_measured([*args, "--out", files[n]])
-        images, seconds = extraction_rate(m.stdout)
+        m = run_measured([*args, "--out", files[n], "--report", files[n] + ".json"])
+        images, seconds = extraction_rate(files[n] + ".json")
         commands.append(m.command)
         lines.append(f"| {n} | {2 // n} | {images / seconds:.1f} | {m.seconds:.1f} | {m.peak_rss_mb:.0f} |")
     with FeatureFile(files[1]) as a, FeatureFile(files[2]) as b:

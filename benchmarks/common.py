@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -45,6 +46,20 @@ def run_measured(args: list[str], cwd: str = REPO) -> Measured:
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{stderr[-2000:]}")
     return Measured(shown_command(args), seconds, usage.ru_maxrss / 1024.0, stdout)
+
+
+def extraction_rate(report_path: str) -> tuple[int, float]:
+    """Images processed and seconds spent in the extraction loops, from ``run_extract.py --report``."""
+    with open(report_path, encoding="utf-8") as fh:
+        splits = json.load(fh)["splits"]
+    return sum(s["processed"] for s in splits), sum(s["seconds"] for s in splits)
+
+
+def head_val_accuracy(head_dir: str) -> tuple[float, int]:
+    """Val accuracy and its number of images, from a head folder's ``report.json``."""
+    with open(os.path.join(head_dir, "report.json"), encoding="utf-8") as fh:
+        val = json.load(fh)["splits"]["val"]
+    return val["accuracy"], val["n"]
 
 
 def shown_command(args: list[str]) -> str:

@@ -6,6 +6,7 @@ Exit codes are those of :mod:`features.cli_common`.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -53,10 +54,11 @@ from features.store import FeatureFile, FeatureFileError
 @click.option("--exclude", "exclude", default=None,
               help="File of dataset-relative paths to leave out, one per line (exclude.txt of run_head.py audit).")
 @quiet_option()
+@click.option("--report", "report_path", default=None, help="Also write the summary as JSON to this file.")
 @click.option("--list-backbones", is_flag=True, help="List the registered backbones and exit.")
 def extract_command(data_root, labels, image_column, label_column, unlabeled, backbone, weights, out_path, batch_size,
                     workers, device, precision, dtype, views, val_fraction, seed, overwrite, limit, exclude, quiet,
-                    list_backbones) -> None:
+                    report_path, list_backbones) -> None:
     """Extract pooled features of a frozen pretrained backbone into an HDF5 file (stage one).
 
     Launched with torchrun, each process extracts a block of every split and rank 0
@@ -80,6 +82,12 @@ def extract_command(data_root, labels, image_column, label_column, unlabeled, ba
                         label_column=label_column, unlabeled=tuple(unlabeled))
     with exit_codes(USER_ERRORS, f"interrupted; rerun the same command to resume {out_path}"):
         summary = extract(cfg)
+    if report_path and summary.status != "shard written":
+        try:
+            with open(report_path, "w", encoding="utf-8") as fh:
+                json.dump(summary.to_dict(), fh, indent=2)
+        except OSError as exc:
+            fail(f"cannot write {report_path}: {exc.strerror or exc}")
     if summary.status == "shard written":
         click.echo(f"rank {shard.rank}: shard complete, {summary.path}")
     else:

@@ -21,9 +21,8 @@ def keep_freed_memory() -> bool:
     PyTorch's CPU allocator is plain ``malloc``. With glibc's defaults, buffers of a few
     MB (every activation of a forward pass) are ``mmap``-ed and ``munmap``-ed, or trimmed
     from the heap top, on every batch, so each forward pass page-faults its activations
-    afresh. Measured on hymenoptera with Lite0 at batch 8 (BENCHMARKS.md section 1): 3.6
-    million minor page faults and 40 img/s with the defaults, 0.16 million and 70 img/s
-    after this call. The cost is that memory freed below 1 GiB is kept for reuse rather
+    afresh. BENCHMARKS.md section 1 measures the page faults and the extraction rate with
+    the defaults and after this call. The cost is that memory freed below 1 GiB is kept for reuse rather
     than returned, so the process's peak memory does not shrink back while it runs.
 
     Returns
@@ -67,10 +66,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """Pick the autocast precision for extraction.
 
     ``auto`` is fp16 autocast on CUDA and fp32 on CPU. bf16 on CPU is available on
-    request: BENCHMARKS.md section 5 measures 2.2x faster full extraction for Lite0
-    where the CPU has native bf16, with features within cosine 0.997 of fp32, but it
-    does cost accuracy in one measured case (logreg on hymenoptera with 4 augmented
-    views: 0.967 with fp32 features, 0.948 with bf16), so it is not chosen silently.
+    request: BENCHMARKS.md section 5 measures its speed and how far its features are
+    from fp32 where the CPU has native bf16, but it did cost accuracy in one measured
+    case (the README's Precision section), so it is not chosen silently.
     """
     if precision == "auto":
         return "fp16" if device.type == "cuda" else "fp32"

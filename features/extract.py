@@ -103,6 +103,14 @@ class ExtractSummary:
     splits: list[SplitSummary] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    def to_dict(self) -> dict:
+        """The summary for ``--report``: every field, each split's rate, skipped files as path and reason."""
+        record = dataclasses.asdict(self)
+        for split, s in zip(record["splits"], self.splits):
+            split["images_per_second"] = s.images_per_second
+            split["skipped"] = [{"path": p, "reason": r} for p, r in s.skipped]
+        return record
+
     def lines(self) -> list[str]:
         """Human-readable summary, one line per split plus every skipped file."""
         out = [f"{self.status}: {self.path}",

@@ -209,8 +209,8 @@ class CVResult:
 
 
 # Below this many training values a serial C sweep takes less time than starting joblib's
-# worker processes: on hymenoptera (245 x 1280) the whole run_head.py command took 5.1 s
-# serially and 10.8 s with 2 workers.
+# worker processes (on hymenoptera, 245 x 1280, the command took about twice as long with
+# 2 workers as serially).
 SERIAL_SWEEP_VALUES = 1_000_000
 
 

@@ -1,5 +1,6 @@
 """The ``tlcache`` command: every step under one group, the same exit codes as the stage scripts."""
 
+import json
 import os
 
 import numpy as np
@@ -15,8 +16,11 @@ def test_one_group_runs_every_step(tmp_path):
     data = make_imagefolder(str(tmp_path / "data"), {"train": {"a": 6, "b": 6}, "val": {"a": 3, "b": 3}})
     feats = str(tmp_path / "f.h5")
     r = run_cli("-m pipeline.cli", "extract", "--data", data, "--backbone", "tiny_cnn", "--weights", "none",
-                "--out", feats, "--quiet")
+                "--out", feats, "--quiet", "--report", str(tmp_path / "extract.json"))
     assert r.returncode == 0 and "written" in r.stdout, r.stderr
+    report = json.load(open(tmp_path / "extract.json"))
+    assert report["status"] == "written" and report["feature_dim"] == 32
+    assert [(s["split"], s["images"], s["processed"]) for s in report["splits"]] == [("train", 12, 12), ("val", 6, 6)]
     assert run_cli("-m pipeline.cli", "verify", feats).returncode == 0
     head = str(tmp_path / "head")
     r = run_cli("-m pipeline.cli", "head", "--features", feats, "--C", "1", "--out", head)

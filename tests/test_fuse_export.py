@@ -32,7 +32,8 @@ def _random_head(dim, n_classes, seed=0):
     return AffineHead(rng.normal(size=(n_classes, dim)) * 0.05, rng.normal(size=n_classes), classes, identity, "logreg")
 
 
-@pytest.mark.parametrize("name, weights", [("efficientnet_lite0", "DEFAULT"), ("resnet50", "none"),
+@pytest.mark.parametrize("name, weights", [pytest.param("efficientnet_lite0", "DEFAULT", marks=pytest.mark.slow),
+                                           ("resnet50", "none"),
                                            ("squeezenet1_1", "none"), ("vgg11", "none"), ("densenet121", "none")])
 def test_fused_logits_equal_head_of_features(name, weights):
     backbone = load_backbone(name, weights)
@@ -112,7 +113,8 @@ def test_batchnorm_statistics_kept_unless_train_bn():
     assert not torch.equal(before["features.1.weight"], after["features.1.weight"])  # BN affine still learns
 
 
-@pytest.mark.parametrize("name, weights", [("tiny_cnn", "none"), ("efficientnet_lite0", "DEFAULT")])
+@pytest.mark.parametrize("name, weights", [("tiny_cnn", "none"),
+                                           pytest.param("efficientnet_lite0", "DEFAULT", marks=pytest.mark.slow)])
 def test_export_matches_eager(tmp_path, name, weights):
     backbone = load_backbone(name, weights)
     model = fuse_head(backbone, _random_head(backbone.feature_dim, 3))
