@@ -15,6 +15,7 @@ from features.devices import keep_freed_memory, resolve_device, resolve_train_pr
 from features.store import FeatureFile, FeatureFileError
 from pipeline.affine import check_identity, load_affine
 from pipeline.export import export_model, write_sidecar
+from pipeline.model_meta import MODEL_FORMAT, MODEL_FORMAT_VERSION
 from pipeline.artefacts import staged_folder
 from pipeline.file_splits import split_images, train_and_val
 from pipeline.finetune import CHECKPOINT, FinetuneConfig, LabelledImages, finetune
@@ -34,6 +35,7 @@ class BuildConfig:
     device: str = "auto"
     precision: str = "auto"
     check_images: int = 8
+    onnx: bool = True  # also export model.onnx when the onnx extra is installed
 
 
 def real_batch(root: str, items: list[tuple[str, int]], preprocessing, transform, n: int) -> torch.Tensor:
@@ -168,12 +170,12 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
                          "best_val_accuracy": result.best_val_accuracy, "seconds": round(result.seconds, 1),
                          "resumed_from_epoch": result.resumed_from}
     backbone.model.cpu().eval()
-    exports = export_model(backbone.model, check, out_dir)
+    exports = export_model(backbone.model, check, out_dir, onnx=cfg.onnx)
     for fmt, info in exports.items():
         log(f"export {fmt}: " + (f"{info['file']} matches eager (max abs diff {info['max_abs_diff']:.2e})"
                                  if "file" in info else info["skipped"]))
     sidecar = {
-        "format": "tlcache.model", "format_version": 1,
+        "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
         "classes": head.classes,
         "input_size": backbone.preprocessing.crop_size,
         "preprocessing": json.loads(backbone.preprocessing.to_json()),
