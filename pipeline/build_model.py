@@ -15,6 +15,7 @@ from features.devices import keep_freed_memory, resolve_device, resolve_train_pr
 from features.store import FeatureFile, FeatureFileError
 from pipeline.affine import check_identity, load_affine
 from pipeline.export import export_model, write_sidecar
+from pipeline.model_meta import MODEL_FORMAT, MODEL_FORMAT_VERSION
 from pipeline.artefacts import staged_folder
 from pipeline.file_splits import split_images, train_and_val
 from pipeline.filenames import CHECKPOINT, HEAD_REPORT
@@ -35,6 +36,7 @@ class BuildConfig:
     device: str = "auto"
     precision: str = "auto"
     check_images: int = 8
+    onnx: bool = True  # also export model.onnx when the onnx extra is installed
 
 
 def real_batch(root: str, items: list[tuple[str, int]], preprocessing, transform, n: int) -> torch.Tensor:
@@ -142,7 +144,7 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
     if cfg.finetune and cfg.finetune.epochs > 0:
         finetune_info = _finetune(cfg, backbone, splits, out_dir, log)
     backbone.model.cpu().eval()
-    exports = export_model(backbone.model, check, out_dir)
+    exports = export_model(backbone.model, check, out_dir, onnx=cfg.onnx)
     for fmt, info in exports.items():
         log(f"export {fmt}: " + (f"{info['file']} matches eager (max abs diff {info['max_abs_diff']:.2e})"
                                  if "file" in info else info["skipped"]))
@@ -151,7 +153,7 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
         with open(os.path.join(cfg.head_dir, HEAD_REPORT), encoding="utf-8") as fh:
             head_report = json.load(fh)
     sidecar = {
-        "format": "tlcache.model", "format_version": 1,
+        "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
         "classes": head.classes,
         "input_size": backbone.preprocessing.crop_size,
         "preprocessing": backbone.preprocessing.to_dict(),

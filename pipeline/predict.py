@@ -1,15 +1,18 @@
 """Predict classes of new images with an exported MODEL_DIR (no HDF5, no training state).
 
-``python -m pipeline.predict --model MODEL_DIR IMAGE_OR_DIR... [--format table|jsonl|csv|submission] [--top-k K]``
+``python -m pipeline.predict --model MODEL_DIR IMAGE_OR_DIR... [--format table|jsonl|csv|submission] [--top-k K]
+[--runtime torch|onnxruntime]``
 """
 
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import os
 import sys
 from dataclasses import dataclass
+from typing import Callable
 
 import click
 import numpy as np
@@ -18,14 +21,14 @@ import torch
 from features.devices import keep_freed_memory
 from features.images import UnreadableImage
 from features.preprocessing import Preprocessing
-from features.hashing import sha256_file
-from pipeline.artefacts import STAGING_SUFFIX
-from pipeline.export import EXPORTED_PROGRAM, SIDECAR
+from pipeline.model_meta import ModelDirError, has_export, read_model_meta, verified_export
 from pipeline.submission import SubmissionError, build_submission, read_template, write_submission
 
+RUNTIMES = ("torch", "onnxruntime")
 
-class ModelDirError(Exception):
-    """An unusable MODEL_DIR; ``str(exc)`` is a one-line reason."""
+
+class RuntimeUnavailable(Exception):
+    """The runtime asked for is not installed; ``str(exc)`` is a one-line reason."""
 
 
 @dataclass
@@ -34,28 +37,73 @@ class Prediction:
     top: list[tuple[str, float]]  # (class, probability), best first
 
 
-def load_exported(model_dir: str) -> tuple[torch.nn.Module, dict]:
-    """The exported program (as a callable module) and its sidecar."""
-    sidecar_path = os.path.join(model_dir, SIDECAR)
-    program_path = os.path.join(model_dir, EXPORTED_PROGRAM)
-    if not os.path.exists(sidecar_path) or not os.path.exists(program_path):
-        staging = " (an unfinished build exists: rerun pipeline.fuse)" if os.path.isdir(model_dir + STAGING_SUFFIX) else ""
-        raise ModelDirError(f"{model_dir}: not a model folder (needs {SIDECAR} and {EXPORTED_PROGRAM} from pipeline.fuse){staging}")
-    try:
-        with open(sidecar_path, encoding="utf-8") as fh:
-            sidecar = json.load(fh)
-        expected = sidecar["exports"]["torch.export"].get("sha256")
-        classes, preprocessing = sidecar["classes"], sidecar["preprocessing"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelDirError(f"damaged model folder: {sidecar_path} is unreadable ({type(exc).__name__}: {exc})") from None
-    if sidecar.get("format") != "tlcache.model" or not isinstance(classes, list) or not isinstance(preprocessing, dict):
-        raise ModelDirError(f"damaged model folder: {sidecar_path} is not a tlcache model description")
-    if expected is not None and sha256_file(program_path) != expected:
-        raise ModelDirError(f"damaged model folder: {program_path} does not match the SHA-256 in {SIDECAR}")
-    try:
-        return torch.export.load(program_path).module(), sidecar
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a broken archive
-        raise ModelDirError(f"damaged model folder: {program_path} cannot be loaded ({type(exc).__name__})") from None
+class OnnxModel:
+    """``model.onnx`` in an onnxruntime session, called like the torch program: logits of a float32 batch.
+
+    Parameters
+    ----------
+    path : str
+        A verified ``model.onnx``.
+    threads : int
+        Intra-op threads; predict passes torch's count, so both runtimes use the same cores.
+    """
+
+    def __init__(self, path: str, threads: int) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input_name: batch.contiguous().numpy()})[0])
+
+
+def load_exported(model_dir: str, runtime: str = "torch") -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
+    """The exported model as a callable (a batch of preprocessed images -> logits) and its ``model.json``.
+
+    Parameters
+    ----------
+    model_dir : str
+        A folder written by ``python -m pipeline.fuse``.
+    runtime : {"torch", "onnxruntime"}
+        ``torch`` loads ``model.pt2`` (the ``torch.export`` program); ``onnxruntime`` runs
+        ``model.onnx`` and never loads ``model.pt2``.
+
+    Returns
+    -------
+    model : callable
+    meta : dict
+        The checked ``model.json`` (see :func:`pipeline.model_meta.read_model_meta`).
+
+    Raises
+    ------
+    ModelDirError
+        An unusable folder, a missing export, or a file whose SHA-256 differs from ``model.json``.
+    RuntimeUnavailable
+        ``onnxruntime`` is asked for but not installed.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
+    if runtime == "onnxruntime":
+        try:
+            importlib.import_module("onnxruntime")  # here, so that the torch runtime never needs it
+        except ImportError as exc:
+            raise RuntimeUnavailable(f"--runtime onnxruntime needs the onnxruntime package (pip install onnxruntime): "
+                                     f"{exc}") from None
+    meta = read_model_meta(model_dir)
+    if runtime == "onnxruntime" and not has_export(meta, "onnx"):
+        reason = meta["exports"].get("onnx", {}).get("skipped", "not exported")
+        raise ModelDirError(f"{model_dir} has no model.onnx ({reason}); fuse again with the onnx extra installed, "
+                            "or use --runtime torch")
+    path = verified_export(model_dir, meta, "torch.export" if runtime == "torch" else "onnx")
+    try:  # only once the SHA-256 matched: a changed file is never deserialised
+        if runtime == "torch":
+            return torch.export.load(path).module(), meta
+        return OnnxModel(path, torch.get_num_threads()), meta
+    except Exception as exc:  # noqa: BLE001 - torch and onnxruntime raise many types for a broken file
+        raise ModelDirError(f"damaged model folder: {path} cannot be loaded ({type(exc).__name__})") from None
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
@@ -71,8 +119,19 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     return files
 
 
-def predict_images(model_dir: str, paths: list[str], top_k: int = 1, batch_size: int = 32):
+def predict_images(model_dir: str, paths: list[str], top_k: int = 1, batch_size: int = 32, runtime: str = "torch"):
     """Classify image files.
+
+    Parameters
+    ----------
+    model_dir : str
+    paths : list of str
+        Image files.
+    top_k : int
+        Classes kept per image, best first.
+    batch_size : int
+    runtime : {"torch", "onnxruntime"}
+        See :func:`load_exported`.
 
     Returns
     -------
@@ -80,7 +139,7 @@ def predict_images(model_dir: str, paths: list[str], top_k: int = 1, batch_size:
     skipped : list of (path, reason)
     """
     keep_freed_memory()
-    model, sidecar = load_exported(model_dir)
+    model, sidecar = load_exported(model_dir, runtime)
     preprocessing = Preprocessing.from_dict(sidecar["preprocessing"])
     transform = preprocessing.eval_transform()
     classes = sidecar["classes"]
@@ -111,8 +170,7 @@ def predict_images(model_dir: str, paths: list[str], top_k: int = 1, batch_size:
 
 def _submission(predictions: list[Prediction], model_dir: str, template: str | None, out: str | None) -> list[str]:
     """Write every class's probability per image as a submission (to ``out`` or stdout); returns notes."""
-    with open(os.path.join(model_dir, SIDECAR), encoding="utf-8") as fh:
-        classes = json.load(fh)["classes"]
+    classes = read_model_meta(model_dir)["classes"]
     probs = [[dict(p.top)[c] for c in classes] for p in predictions]
     submission = build_submission([p.path for p in predictions], np.array(probs, dtype=np.float64),
                                   classes, read_template(template) if template else None)
@@ -135,16 +193,19 @@ def _submission(predictions: list[Prediction], model_dir: str, template: str | N
 @click.option("--template", default=None,
               help="submission only: a sample submission whose id column, class columns and row order are kept.")
 @click.option("--out", default=None, help="submission only: write the CSV here instead of to stdout.")
-def main(model_dir, inputs, fmt, top_k, template, out) -> None:
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="torch", show_default=True,
+              help="torch: run model.pt2 (the torch.export program); onnxruntime: run model.onnx "
+                   "(needs onnxruntime and a model fused with the onnx extra).")
+def main(model_dir, inputs, fmt, top_k, template, out, runtime) -> None:
     """Print class and probability for each image (folders are searched recursively)."""
     if (template or out) and fmt != "submission":
         click.echo("error: --template and --out apply to --format submission", err=True)
         sys.exit(2)
     try:
         predictions, skipped = predict_images(model_dir, expand_inputs(list(inputs)),
-                                              10**9 if fmt == "submission" else top_k)
+                                              10**9 if fmt == "submission" else top_k, runtime=runtime)
         notes = _submission(predictions, model_dir, template, out) if fmt == "submission" and predictions else []
-    except (ModelDirError, SubmissionError) as exc:
+    except (ModelDirError, RuntimeUnavailable, SubmissionError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except OSError as exc:

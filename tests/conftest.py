@@ -52,6 +52,15 @@ def hymenoptera() -> str:
     return HYMENOPTERA
 
 
+def one_line_error(stderr: str, *needles: str) -> None:
+    """``stderr`` is exactly one ``error: ...`` line holding every needle, and no traceback."""
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for needle in needles:
+        assert needle in lines[0], stderr
+
+
 def run_cli(script: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a top-level script (``run_extract.py``...) or ``-m module`` as a real subprocess."""
     target = ["-m", script[3:]] if script.startswith("-m ") else [os.path.join(REPO, script)]
@@ -158,3 +167,26 @@ def make_kaggle(root: str, train: dict[str, int], test: dict[str, int], seed: in
         for image_id in sorted(truth):
             writer.writerow([image_id] + [f"{1 / len(classes):.4f}"] * len(classes))
     return truth
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> tuple[str, str, str]:
+    """Generated JPEGs -> tiny_cnn features -> logreg head -> MODEL_DIR, through the real fuse command
+    (with model.onnx when the onnx extra is installed; its output is in ``fuse.log`` beside MODEL_DIR).
+
+    Returns ``(data_root, head_dir, model_dir)``; copy MODEL_DIR before changing it.
+    """
+    from features.extract import ExtractConfig, extract
+    from pipeline.train_head import HeadConfig, train_head
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    data = make_imagefolder(str(root / "data"), {"train": {"ants": 12, "bees": 12}, "val": {"ants": 6, "bees": 6}})
+    feats = str(root / "f.h5")
+    extract(ExtractConfig(data_root=data, out_path=feats, backbone="tiny_cnn", weights="none", progress=False))
+    head = str(root / "head")
+    train_head(HeadConfig(feats, head, clf="logreg", n_jobs=1))
+    model_dir = str(root / "model")
+    r = run_cli("-m pipeline.fuse", "--head", head, "--out", model_dir, "--quiet")
+    assert r.returncode == 0, r.stderr
+    (root / "fuse.log").write_text(r.stdout)
+    return data, head, model_dir
