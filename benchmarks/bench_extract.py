@@ -22,7 +22,7 @@ def full_path(out_dir: str, backbone: str, weights: str, precision: str, batch: 
 
 def forward_only(backbone: str, weights: str, precision: str, batch: int):
     m = run_measured(["benchmarks/forward_only.py", backbone, weights, precision, str(batch)])
-    return m, float(m.stdout.split()[0])
+    return m, json.loads(m.stdout)["images_per_second"]
 
 
 def section_extraction(out_dir: str, quick: bool) -> tuple[list[str], dict, dict]:

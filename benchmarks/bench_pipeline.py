@@ -74,8 +74,8 @@ def section_head_scaling(quick: bool) -> list[str]:
                 if rows <= sweep_max and dim == 1280 and not (quick and clf == "svm"):
                     sweep = run_measured(["benchmarks/head_fit.py", clf, str(rows), str(dim), "1"])
                     commands.append(sweep.command)
-                    sweep_s, sweep_mb = f"{float(sweep.stdout):.2f}", f"{sweep.peak_rss_mb:.0f}"
-                lines.append(f"| {rows} | {dim} | {clf} | {float(fixed.stdout):.2f} | {fixed.peak_rss_mb:.0f} | "
+                    sweep_s, sweep_mb = f"{json.loads(sweep.stdout)['seconds']:.2f}", f"{sweep.peak_rss_mb:.0f}"
+                lines.append(f"| {rows} | {dim} | {clf} | {json.loads(fixed.stdout)['seconds']:.2f} | {fixed.peak_rss_mb:.0f} | "
                              f"{sweep_s} | {sweep_mb} |")
     lines += ["", "```"] + commands[:6] + [f"... ({len(commands)} commands, same pattern)"] + ["```", ""]
     return lines

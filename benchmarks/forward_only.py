@@ -1,10 +1,13 @@
 """Model-forward-only throughput on preloaded, preprocessed images (no decode, no writes).
 
-``python benchmarks/forward_only.py BACKBONE WEIGHTS PRECISION BATCH`` prints ``img/s``.
+``python benchmarks/forward_only.py BACKBONE WEIGHTS PRECISION BATCH [FOLD [IMAGES]]`` prints
+``{"images_per_second": ..., "batchnorm_folded": ...}`` as JSON. FOLD 1 folds BatchNorm into
+the convolutions first, as extraction does; 0 (the default) measures the network as built.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -15,18 +18,23 @@ from benchmarks.common import HYMENOPTERA
 from features.backbones import load_backbone
 from features.data import discover
 from features.devices import autocast, keep_freed_memory
+from features.folding import fold_batchnorm
 from features.hooks import capture_features
 from features.images import load_rgb
 
 
-def main(backbone_name: str, weights: str, precision: str, batch: int, n_images: int = 128) -> float:
+def main(backbone_name: str, weights: str, precision: str, batch: int, fold: bool = False,
+         n_images: int = 128) -> tuple[float, int]:
     keep_freed_memory()  # the same allocator setting as the extraction path, so only the pipeline differs
     backbone = load_backbone(backbone_name, weights)
     layout = discover(HYMENOPTERA)
     tf = backbone.preprocessing.eval_transform()
     images = [tf(load_rgb(os.path.join(layout.root, s.path))) for s in layout.splits["val"][:n_images]]
     x = torch.stack(images).contiguous(memory_format=torch.channels_last)
-    model = backbone.model.to(memory_format=torch.channels_last)
+    model, folded = backbone.model, 0
+    if fold:
+        model, folded = fold_batchnorm(model, (backbone.spec.feature_module, backbone.spec.classifier_slot))
+    model = model.to(memory_format=torch.channels_last)
     device = torch.device("cpu")
     with torch.inference_mode(), capture_features(model, backbone.spec) as capture, autocast(device, precision):
         model(x[:batch])  # warm-up (first-call allocations, oneDNN primitive creation)
@@ -36,9 +44,11 @@ def main(backbone_name: str, weights: str, precision: str, batch: int, n_images:
             model(x[i:i + batch])
             capture.pop().float().numpy()
         seconds = time.perf_counter() - start
-    return len(x) / seconds
+    return len(x) / seconds, folded
 
 
 if __name__ == "__main__":
-    rate = main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
-    print(f"{rate:.2f} img/s")
+    extra = sys.argv[5:]
+    rate, folded = main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), bool(int(extra[0])) if extra else False,
+                        *(int(a) for a in extra[1:2]))
+    print(json.dumps({"images_per_second": rate, "batchnorm_folded": folded}))

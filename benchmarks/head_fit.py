@@ -1,4 +1,4 @@
-"""Fit one head on generated features and print its fit time.
+"""Fit one head on generated features and print its fit time as JSON (``{"seconds": ...}``).
 
 ``python benchmarks/head_fit.py CLF ROWS DIM SWEEP`` (SWEEP 1: C chosen by 5-fold CV over
 the default grid, then the refit; 0: C=1). Features are 10 Gaussian classes, float32.
@@ -6,6 +6,7 @@ the default grid, then the refit; 0: C=1). Features are 10 Gaussian classes, flo
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -28,4 +29,4 @@ def main(clf: str, rows: int, dim: int, sweep: bool) -> float:
 
 
 if __name__ == "__main__":
-    print(f"{main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == '1'):.3f}")
+    print(json.dumps({"seconds": main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1")}))

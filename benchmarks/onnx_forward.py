@@ -33,7 +33,7 @@ def _seconds(model, batches: list[torch.Tensor]) -> tuple[float, list[torch.Tens
 def main(model_dir: str, image_dir: str, batch: int, repeats: int) -> dict:
     keep_freed_memory()  # as predict does
     meta = read_model_meta(model_dir)
-    preprocessing = Preprocessing.from_json(json.dumps(meta["preprocessing"]))
+    preprocessing = Preprocessing.from_dict(meta["preprocessing"])
     transform = preprocessing.eval_transform()
     paths = expand_inputs([image_dir])
     x = torch.stack([transform(preprocessing.load(p)) for p in paths])

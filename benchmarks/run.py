@@ -3,7 +3,7 @@
 ``python benchmarks/run.py [--quick] [--out BENCHMARKS.md]``
 
 ``--sections audit,phone`` runs only the named sections (``extraction``, ``time``, ``heads``,
-``memory``, ``precision``, ``scale``, ``audit``, ``phone``, ``onnx``; ``precision`` needs ``extraction``)
+``memory``, ``precision``, ``scale``, ``audit``, ``phone``, ``onnx``, ``fold``; ``precision`` needs ``extraction``)
 and replaces them in the existing file, each marked with its own command, date and machine.
 """
 
@@ -17,6 +17,7 @@ import time
 
 from benchmarks.bench_audit import section_audit
 from benchmarks.bench_extract import section_extraction, section_memory, section_precision
+from benchmarks.bench_fold import section_fold
 from benchmarks.bench_onnx import section_onnx
 from benchmarks.bench_phone import section_phone
 from benchmarks.bench_pipeline import section_head_scaling, section_time_to_accuracy
@@ -45,7 +46,7 @@ def main() -> None:
         return result
 
     wanted = set(args.sections.split(",")) if args.sections else None
-    known = {"extraction", "time", "heads", "memory", "precision", "scale", "audit", "phone", "onnx"}
+    known = {"extraction", "time", "heads", "memory", "precision", "scale", "audit", "phone", "onnx", "fold"}
     if wanted is not None and not wanted <= known:
         raise SystemExit(f"error: unknown sections {', '.join(sorted(wanted - known))} (known: {', '.join(sorted(known))})")
     steps = [("time", "time to accuracy", section_time_to_accuracy, (args.work, args.quick)),
@@ -54,7 +55,8 @@ def main() -> None:
              ("scale", "scaling out", section_scale_out, (args.work, args.quick)),
              ("audit", "data audit", section_audit, (args.work, args.quick)),
              ("phone", "phone photos", section_phone, (args.work, args.quick)),
-             ("onnx", "onnx runtime", section_onnx, (args.work, args.quick))]
+             ("onnx", "onnx runtime", section_onnx, (args.work, args.quick)),
+             ("fold", "batchnorm folding", section_fold, (args.work, args.quick))]
     if wanted is None or wanted & {"extraction", "precision"}:
         extraction, files, rates = timed("extraction", section_extraction, args.work, args.quick)
         sections.append(extraction)

@@ -23,6 +23,7 @@ from features.data import DatasetLayout, Sample, discover
 from features.devices import autocast, keep_freed_memory, resolve_device, resolve_precision
 from features.distributed import Shard, gather_from_ranks, process_group, shard_device
 from features.exclude import read_exclude
+from features.folding import fold_batchnorm
 from features.hooks import capture_features
 from features.images import UnreadableImage
 from features.interrupt import StopRequest, stop_between_batches
@@ -200,7 +201,7 @@ def _inventory_hash(samples: list[Sample]) -> str:
 
 
 def _file_attrs(cfg: ExtractConfig, layout: DatasetLayout, splits: dict[str, list[Sample]], backbone: Backbone,
-                views_split: str | None, precision: str, excluded: dict | None) -> dict:
+                views_split: str | None, precision: str, excluded: dict | None, folded: int) -> dict:
     config = {
         "views": cfg.views,
         "views_split": views_split,
@@ -213,6 +214,7 @@ def _file_attrs(cfg: ExtractConfig, layout: DatasetLayout, splits: dict[str, lis
         "labels": layout.label_file,
         "unlabeled_splits": list(layout.unlabeled),
         "id_form": layout.id_form,
+        "batchnorm_folded": folded,
     }
     if excluded is not None:  # part of the config attribute, hence of what a resume must match
         config["exclude"] = excluded
@@ -326,7 +328,10 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
 
     check_output_path(cfg.out_path)
     backbone = load_backbone(cfg.backbone, cfg.weights)
-    attrs = _file_attrs(cfg, layout, splits, backbone, views_split, precision, excluded)
+    # Frozen inference: every conv -> BatchNorm pair of the traced graph becomes one convolution.
+    backbone.model, folded = fold_batchnorm(backbone.model, (backbone.spec.feature_module,
+                                                             backbone.spec.classifier_slot))
+    attrs = _file_attrs(cfg, layout, splits, backbone, views_split, precision, excluded, folded)
     summary = ExtractSummary(cfg.out_path, "", backbone.spec.name, backbone.weights.identity, backbone.feature_dim,
                              str(device), precision, layout.classes)
     if excluded is not None:

@@ -214,31 +214,19 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     timings["probabilities"] = time.perf_counter() - started
 
     t = time.perf_counter()
-    train = train_all.clean()
     order = [train_split] + list(others)
-    parts = {train_split: train, **others}
+    parts = {train_split: train_all.clean(), **others}
     probs = {train_split: oof, **held_out}
     unit = {name: unit_rows(parts[name].features.astype(np.float64)) for name in order}
-    k = max(1, min(cfg.neighbours, len(train.labels) - 1))
-    neighbours, distances = {}, {}
-    for name in order:
-        distances[name], neighbours[name] = _kth_neighbour(unit[train_split], unit[name], k, name == train_split)
-    kth = {name: distances[name][:, -1] for name in order}
-    z = {name: _modified_z(kth[name], kth[train_split]) for name in order}
-    percentile = {name: np.searchsorted(np.sort(kth[train_split]), kth[name], side="right") / len(kth[train_split])
-                  for name in order}
-    issues = {}
-    for name in order:
-        votes = neighbour_votes(train.labels[neighbours[name]], len(classes))
-        issues[name] = (confident_learning((probs[name] + votes) / 2, parts[name].labels), votes)
+    k = max(1, min(cfg.neighbours, len(parts[train_split].labels) - 1))
+    issues, z, percentile, kth = _labels_and_outliers(order, train_split, parts, probs, unit, k, len(classes))
     timings["labels_and_outliers"] = time.perf_counter() - t
 
     t = time.perf_counter()
     paths = [os.path.join(data_root, p) for name in order for p in parts[name].paths]
     bits, mirrored, hash_errors = hash_images(paths)
     hashed = np.array([e is None for e in hash_errors])
-    all_unit = np.vstack([unit[name] for name in order])
-    pi, pj, pcos, pham = duplicate_pairs(all_unit, bits, mirrored, hashed)
+    pi, pj, pcos, pham = duplicate_pairs(np.vstack([unit[name] for name in order]), bits, mirrored, hashed)
     group = groups_from_pairs(len(paths), pi, pj)
     timings["duplicates"] = time.perf_counter() - t
 
@@ -256,6 +244,25 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
         notes.append(f"note: {int((~hashed).sum())} images could not be decoded for the pixel hash "
                      f"(e.g. {hash_errors[int(np.flatnonzero(~hashed)[0])]}); their duplicates use feature cosine alone")
     return AuditResult(rows, summary, notes)
+
+
+def _labels_and_outliers(order: list[str], train_split: str, parts: dict[str, SplitData], probs: dict[str, np.ndarray],
+                         unit: dict[str, np.ndarray], k: int, n_classes: int):
+    """Per split: label issues (head and neighbour probabilities averaged) with the neighbours' votes, and the
+    outlier statistics of the distance to the k-th nearest training image (modified z, percentile, distance)."""
+    train_labels = parts[train_split].labels
+    neighbours, distances = {}, {}
+    for name in order:
+        distances[name], neighbours[name] = _kth_neighbour(unit[train_split], unit[name], k, name == train_split)
+    kth = {name: distances[name][:, -1] for name in order}
+    z = {name: _modified_z(kth[name], kth[train_split]) for name in order}
+    percentile = {name: np.searchsorted(np.sort(kth[train_split]), kth[name], side="right") / len(kth[train_split])
+                  for name in order}
+    issues = {}
+    for name in order:
+        votes = neighbour_votes(train_labels[neighbours[name]], n_classes)
+        issues[name] = (confident_learning((probs[name] + votes) / 2, parts[name].labels), votes)
+    return issues, z, percentile, kth
 
 
 def _rows(cfg, classes, order, train_split, parts, probs, issues, z, percentile, kth, group, hash_errors, data) -> list[dict]:

@@ -12,11 +12,12 @@ import torch
 
 from features.data import DatasetError
 from features.devices import keep_freed_memory, resolve_device, resolve_train_precision
+from features.folding import fold_batchnorm
 from features.store import FeatureFile, FeatureFileError
 from pipeline.affine import check_identity, load_affine
-from pipeline.export import export_model, write_sidecar
-from pipeline.model_meta import MODEL_FORMAT, MODEL_FORMAT_VERSION
 from pipeline.artefacts import staged_folder
+from pipeline.export import export_model, same_logits, write_sidecar
+from pipeline.model_meta import MODEL_FORMAT, MODEL_FORMAT_VERSION
 from pipeline.file_splits import split_images, train_and_val
 from pipeline.filenames import CHECKPOINT, HEAD_REPORT
 from pipeline.finetune import FinetuneConfig, LabelledImages, finetune
@@ -144,7 +145,12 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
     if cfg.finetune and cfg.finetune.epochs > 0:
         finetune_info = _finetune(cfg, backbone, splits, out_dir, log)
     backbone.model.cpu().eval()
-    exports = export_model(backbone.model, check, out_dir, onnx=cfg.onnx)
+    inference, folded = fold_batchnorm(backbone.model, (backbone.spec.classifier_slot,))
+    if folded:
+        fold_diff = same_logits("BatchNorm folding", backbone.model, inference, check)
+        log(f"folded {folded} BatchNorm layers into their convolutions for the exports "
+            f"(logits within {fold_diff:.2e} of the unfolded model)")
+    exports = export_model(inference, check, out_dir, onnx=cfg.onnx)
     for fmt, info in exports.items():
         log(f"export {fmt}: " + (f"{info['file']} matches eager (max abs diff {info['max_abs_diff']:.2e})"
                                  if "file" in info else info["skipped"]))
@@ -164,6 +170,7 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
         "head": {"clf": head.clf, "C": head.extra.get("C"), "splits": head_report.get("splits")},
         "fused_check_max_abs_diff": diff,
         "finetune": finetune_info,
+        "batchnorm_folded": folded,
         "exports": exports,
     }
     write_sidecar(out_dir, sidecar)

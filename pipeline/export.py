@@ -28,6 +28,24 @@ def _check(name: str, eager: torch.Tensor, exported: torch.Tensor, atol: float) 
     return diff
 
 
+def same_logits(name: str, reference: nn.Module, candidate: nn.Module, example: torch.Tensor,
+                rtol: float = 1e-4) -> float:
+    """Check that ``candidate`` gives ``reference``'s logits on ``example`` (fp32, eval), within ``rtol`` of their scale.
+
+    Returns
+    -------
+    float
+        The largest absolute difference.
+
+    Raises
+    ------
+    ExportMismatch
+    """
+    with torch.inference_mode():
+        expected, got = reference(example.float()), candidate(example.float())
+    return _check(name, expected, got, atol=rtol * float(expected.abs().max()))
+
+
 def onnx_available() -> bool:
     """True when every package the ONNX export and its check need is installed."""
     return all(importlib.util.find_spec(name) is not None for name in ONNX_PACKAGES)

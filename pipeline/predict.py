@@ -18,6 +18,7 @@ import click
 import numpy as np
 import torch
 
+from features.cli_common import CONTEXT_SETTINGS, EXIT_NOTHING_READABLE, batch_size_option, exit_codes, fail
 from features.devices import keep_freed_memory
 from features.images import UnreadableImage
 from features.preprocessing import Preprocessing
@@ -183,34 +184,8 @@ def _submission(predictions: list[Prediction], model_dir: str, template: str | N
     return submission.notes
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model_dir", required=True, help="MODEL_DIR written by pipeline.fuse.")
-@click.argument("inputs", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv", "submission"]), default="table",
-              show_default=True, help="submission: an id (file name without extension) plus one probability column "
-                                      "per class.")
-@click.option("--top-k", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--template", default=None,
-              help="submission only: a sample submission whose id column, class columns and row order are kept.")
-@click.option("--out", default=None, help="submission only: write the CSV here instead of to stdout.")
-@click.option("--runtime", type=click.Choice(RUNTIMES), default="torch", show_default=True,
-              help="torch: run model.pt2 (the torch.export program); onnxruntime: run model.onnx "
-                   "(needs onnxruntime and a model fused with the onnx extra).")
-def main(model_dir, inputs, fmt, top_k, template, out, runtime) -> None:
-    """Print class and probability for each image (folders are searched recursively)."""
-    if (template or out) and fmt != "submission":
-        click.echo("error: --template and --out apply to --format submission", err=True)
-        sys.exit(2)
-    try:
-        predictions, skipped = predict_images(model_dir, expand_inputs(list(inputs)),
-                                              10**9 if fmt == "submission" else top_k, runtime=runtime)
-        notes = _submission(predictions, model_dir, template, out) if fmt == "submission" and predictions else []
-    except (ModelDirError, RuntimeUnavailable, SubmissionError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except OSError as exc:
-        click.echo(f"error: cannot write {out}: {exc.strerror or exc}", err=True)
-        sys.exit(2)
+def _print_predictions(predictions: list[Prediction], fmt: str, top_k: int) -> None:
+    """Write the predictions to stdout as a table, JSON lines or CSV."""
     if fmt == "jsonl":
         for p in predictions:
             click.echo(json.dumps({"path": p.path, "class": p.top[0][0], "prob": round(p.top[0][1], 6),
@@ -223,13 +198,40 @@ def main(model_dir, inputs, fmt, top_k, template, out, runtime) -> None:
     elif fmt == "table":
         for p in predictions:
             click.echo(f"{p.path}\t" + "  ".join(f"{c} {v:.3f}" for c, v in p.top))
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--model", "model_dir", required=True, help="MODEL_DIR written by pipeline.fuse.")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv", "submission"]), default="table",
+              show_default=True, help="submission: an id (file name without extension) plus one probability column "
+                                      "per class.")
+@click.option("--top-k", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--template", default=None,
+              help="submission only: a sample submission whose id column, class columns and row order are kept.")
+@click.option("--out", default=None, help="submission only: write the CSV here instead of to stdout.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="torch", show_default=True,
+              help="torch: run model.pt2 (the torch.export program); onnxruntime: run model.onnx "
+                   "(needs onnxruntime and a model fused with the onnx extra).")
+@batch_size_option(32)
+def main(model_dir, inputs, fmt, top_k, template, out, runtime, batch_size) -> None:
+    """Print class and probability for each image (folders are searched recursively)."""
+    if (template or out) and fmt != "submission":
+        fail("--template and --out apply to --format submission")
+    try:
+        with exit_codes((ModelDirError, RuntimeUnavailable, SubmissionError, ValueError), "interrupted"):
+            predictions, skipped = predict_images(model_dir, expand_inputs(list(inputs)),
+                                                  10**9 if fmt == "submission" else top_k, batch_size, runtime)
+            notes = _submission(predictions, model_dir, template, out) if fmt == "submission" and predictions else []
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc.strerror or exc}")
+    _print_predictions(predictions, fmt, top_k)
     for note in notes:
         click.echo(note, err=True)
     for path, reason in skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
     if not predictions:
-        click.echo("error: no image could be read", err=True)
-        sys.exit(1)
+        fail("no image could be read", EXIT_NOTHING_READABLE)
 
 
 if __name__ == "__main__":
