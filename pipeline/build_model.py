@@ -193,7 +193,13 @@ def _finetune(cfg: BuildConfig, backbone, splits: FileSplits, out_dir: str, log)
         val = f"{h['val_accuracy']:.4f}" if h["val_accuracy"] is not None else "-"
         loss = f"{h['train_loss']:.4f}" if h["train_loss"] is not None else "-"
         log(f"  epoch {h['epoch']}: train loss {loss}, val accuracy {val}, {h['seconds']} s")
-    log(f"kept epoch {result.best_epoch} (val accuracy {result.best_val_accuracy}), fine-tuning took {result.seconds:.1f} s")
+    if result.best_epoch == 0 and result.best_val_accuracy is not None:
+        log(f"fine-tuning did not improve on the head: kept epoch 0 (val accuracy {result.best_val_accuracy:.4f}), "
+            f"so the exported model is the fused head; try a lower --lr, --freeze-bn or --freeze-stages K "
+            f"(fine-tuning took {result.seconds:.1f} s)")
+    else:
+        log(f"kept epoch {result.best_epoch} (val accuracy {result.best_val_accuracy}), "
+            f"fine-tuning took {result.seconds:.1f} s")
     return {"epochs": ft.epochs, "lr": ft.lr, "head_lr_mult": ft.head_lr_mult, "freeze_stages": ft.freeze_stages,
             "train_bn": ft.train_bn, "precision": precision, "device": str(device),
             "train_split": splits.train_split, "train_images": len(splits.train),

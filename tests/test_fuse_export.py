@@ -183,6 +183,16 @@ def test_finetune_resume_after_killing_a_real_run(tiny_pipeline, tmp_path):
     assert a["best_epoch"] == b["best_epoch"]
 
 
+def test_finetuning_that_does_not_beat_the_head_says_so(tiny_pipeline, tmp_path):
+    data, feats, head = tiny_pipeline
+    r = run_cli("-m pipeline.fuse", "--head", head, "--out", str(tmp_path / "m"), "--finetune-epochs", "1",
+                "--lr", "50", "--batch-size", "8", "--precision", "fp32", "--quiet", "--no-onnx")
+    assert r.returncode == 0, r.stderr
+    assert "fine-tuning did not improve on the head: kept epoch 0" in r.stdout and "--lr" in r.stdout
+    history = json.load(open(tmp_path / "m" / "model.json"))["finetune"]["history"]
+    assert [h["epoch"] for h in history] == [0, 1] and history[1]["val_accuracy"] <= history[0]["val_accuracy"]
+
+
 def test_fuse_command_module_is_loaded_once():
     """``python -m pipeline.fuse`` runs the command module as __main__; nothing imports it a second time."""
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipeline.fuse", "--help"], capture_output=True,
