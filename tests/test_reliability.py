@@ -14,7 +14,7 @@ import pytest
 from features import journal
 from features.locking import output_lock
 from features.store import PARTIAL_SUFFIX, FeatureFile
-from tests.conftest import REPO, make_imagefolder, run_cli
+from tests.conftest import REPO, make_imagefolder, one_line_error, run_cli
 from tests.waiting import wait_for_committed
 
 EXTRACT = [sys.executable, os.path.join(REPO, "run_extract.py")]
@@ -50,14 +50,6 @@ def assert_same_rows(path: str, reference: str) -> None:
             assert x.skipped == y.skipped
 
 
-def _one_line_error(stderr: str, *needles: str) -> None:
-    assert "Traceback" not in stderr, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    for needle in needles:
-        assert needle in lines[0], stderr
-
-
 def test_second_writer_is_refused_and_the_first_finishes(dataset, reference, tmp_path):
     out = str(tmp_path / "f.h5")
     first = subprocess.Popen([*EXTRACT, *_args(dataset, out)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -69,7 +61,7 @@ def test_second_writer_is_refused_and_the_first_finishes(dataset, reference, tmp
     finally:
         first.send_signal(signal.SIGCONT)
     assert second.returncode == 2
-    _one_line_error(second.stderr, f"being written by pid {first.pid} on ")
+    one_line_error(second.stderr, f"being written by pid {first.pid} on ")
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     assert_same_rows(out, reference)
@@ -81,7 +73,7 @@ def test_held_lock_refuses_heads_and_models_too(tmp_path, reference):
     with output_lock(head):
         r = run_cli("run_head.py", "--features", reference, "--out", head, "--C", "1")
     assert r.returncode == 2
-    _one_line_error(r.stderr, f"being written by pid {os.getpid()}")
+    one_line_error(r.stderr, f"being written by pid {os.getpid()}")
     assert not os.path.exists(head)
 
 
@@ -97,7 +89,7 @@ def test_full_disk_while_extracting_ends_cleanly_and_resumes(dataset, reference,
     cut = subprocess.run([*EXTRACT, *_args(dataset, out)], env=ENV, capture_output=True, text=True, timeout=300,
                          preexec_fn=_limited(60_000))
     assert cut.returncode == 4
-    _one_line_error(cut.stderr, f"cannot write {out}.partial", "File too large (EFBIG)", "rerun the same command")
+    one_line_error(cut.stderr, f"cannot write {out}.partial", "File too large (EFBIG)", "rerun the same command")
     state = journal.scan(out + PARTIAL_SUFFIX)
     assert 0 < state.done_images("train") < 40 and state.torn_bytes == 0 and not os.path.exists(out)
     resumed = run_cli("run_extract.py", *_args(dataset, out))
@@ -111,7 +103,7 @@ def test_full_disk_while_converting_keeps_the_journal(dataset, reference, tmp_pa
     cut = subprocess.run([*EXTRACT, *_args(dataset, out)], env=ENV, capture_output=True, text=True, timeout=300,
                          preexec_fn=_limited(limit))
     assert cut.returncode == 4, cut.stderr
-    _one_line_error(cut.stderr, f"cannot write {out}.writing", "File too large")
+    one_line_error(cut.stderr, f"cannot write {out}.writing", "File too large")
     state = journal.scan(out + PARTIAL_SUFFIX)
     assert state.done_splits == {"train", "val"} and not os.path.exists(out)
     assert not os.path.exists(out + ".writing"), "the half-written HDF5 file is removed"
@@ -129,7 +121,7 @@ def test_signals_stop_between_batches(dataset, reference, tmp_path, sig):
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
-    _one_line_error(err, "interrupted; rerun the same command to resume")
+    one_line_error(err, "interrupted; rerun the same command to resume")
     state = journal.scan(out + PARTIAL_SUFFIX)
     assert state.torn_bytes == 0, "the stop came between two batches, not inside a write"
     assert 8 <= state.done_images("train") < 40
@@ -199,7 +191,7 @@ def test_damaged_feature_files_are_refused_by_every_reader(reference, tmp_path):
         for script, *args in commands:
             r = run_cli(script, *args)
             assert r.returncode == 2, (kind, args, r.stdout, r.stderr)
-            _one_line_error(r.stderr, "damaged feature file", path)
+            one_line_error(r.stderr, "damaged feature file", path)
         assert not os.path.exists(tmp_path / f"h-{kind}")
     ok = run_cli("run_extract.py", "verify", reference)
     assert ok.returncode == 0 and ok.stdout.startswith(f"ok: {reference} (train 40 rows, val 12 rows)")
@@ -225,4 +217,4 @@ def test_model_and_head_folders_appear_whole(reference, tmp_path):
         fh.write(b"\0\0\0\0")
     r = run_cli("-m pipeline.predict", "--model", model, image)
     assert r.returncode == 2
-    _one_line_error(r.stderr, "damaged model folder", "does not match the SHA-256")
+    one_line_error(r.stderr, "damaged model folder", "does not match the SHA-256")
