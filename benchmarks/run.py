@@ -3,7 +3,8 @@
 ``python benchmarks/run.py [--quick] [--out BENCHMARKS.md]``
 
 ``--sections audit,phone`` runs only the named sections (``extraction``, ``time``, ``heads``,
-``memory``, ``precision``, ``scale``, ``audit``, ``phone``, ``onnx``, ``fold``; ``precision`` needs ``extraction``)
+``memory``, ``precision``, ``scale``, ``audit``, ``phone``, ``onnx``, ``fold``, ``finetune``; ``precision`` needs
+``extraction``)
 and replaces them in the existing file, each marked with its own command, date and machine.
 """
 
@@ -16,6 +17,7 @@ import re
 import time
 
 from benchmarks.bench_audit import section_audit
+from benchmarks.bench_finetune import section_finetune
 from benchmarks.bench_extract import section_extraction, section_memory, section_precision
 from benchmarks.bench_fold import section_fold
 from benchmarks.bench_onnx import section_onnx
@@ -46,7 +48,7 @@ def main() -> None:
         return result
 
     wanted = set(args.sections.split(",")) if args.sections else None
-    known = {"extraction", "time", "heads", "memory", "precision", "scale", "audit", "phone", "onnx", "fold"}
+    known = {"extraction", "time", "heads", "memory", "precision", "scale", "audit", "phone", "onnx", "fold", "finetune"}
     if wanted is not None and not wanted <= known:
         raise SystemExit(f"error: unknown sections {', '.join(sorted(wanted - known))} (known: {', '.join(sorted(known))})")
     steps = [("time", "time to accuracy", section_time_to_accuracy, (args.work, args.quick)),
@@ -56,7 +58,8 @@ def main() -> None:
              ("audit", "data audit", section_audit, (args.work, args.quick)),
              ("phone", "phone photos", section_phone, (args.work, args.quick)),
              ("onnx", "onnx runtime", section_onnx, (args.work, args.quick)),
-             ("fold", "batchnorm folding", section_fold, (args.work, args.quick))]
+             ("fold", "batchnorm folding", section_fold, (args.work, args.quick)),
+             ("finetune", "fine-tuning", section_finetune, (args.work, args.quick))]
     if wanted is None or wanted & {"extraction", "precision"}:
         extraction, files, rates = timed("extraction", section_extraction, args.work, args.quick)
         sections.append(extraction)

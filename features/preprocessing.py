@@ -104,16 +104,14 @@ class Preprocessing:
             ]
         )
 
-    def train_transform(self) -> v2.Compose:
-        """Random resized crop and horizontal flip, then the same scaling and normalisation."""
-        return v2.Compose(
-            [
-                v2.PILToTensor(),
-                v2.RandomResizedCrop(
-                    self.crop_size, interpolation=_INTERPOLATIONS[self.interpolation], antialias=True
-                ),
-                v2.RandomHorizontalFlip(),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(self.mean, self.std),
-            ]
-        )
+    def train_transform(self, scale: tuple[float, float] = (0.08, 1.0), flip: bool = True) -> v2.Compose:
+        """Random resized crop (area share ``scale``) and optional horizontal flip, then the same scaling and normalisation."""
+        steps = [
+            v2.PILToTensor(),
+            v2.RandomResizedCrop(
+                self.crop_size, scale=scale, interpolation=_INTERPOLATIONS[self.interpolation], antialias=True
+            ),
+        ]
+        if flip:
+            steps.append(v2.RandomHorizontalFlip())
+        return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])

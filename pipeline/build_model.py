@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -186,24 +187,27 @@ def _finetune(cfg: BuildConfig, backbone, splits: FileSplits, out_dir: str, log)
     precision = resolve_train_precision(cfg.precision, device)
     keep_freed_memory()
     validation = f"validating on {splits.val_split} ({len(splits.val)} images)" if splits.val else "no val split"
-    log(f"fine-tuning {ft.epochs} epochs on {splits.train_split} ({len(splits.train)} images), "
+    most = f"up to {ft.epochs} epochs, stopping after {ft.patience} without improvement" if ft.patience else f"{ft.epochs} epochs"
+    log(f"fine-tuning {most} on {splits.train_split} ({len(splits.train)} images), "
         f"{validation}, as the feature file records them; device {device}, precision {precision}")
     result = finetune(backbone, splits.root, splits.train, splits.val or None, ft, device, precision, out_dir)
     for h in result.history:
         val = f"{h['val_accuracy']:.4f}" if h["val_accuracy"] is not None else "-"
         loss = f"{h['train_loss']:.4f}" if h["train_loss"] is not None else "-"
-        log(f"  epoch {h['epoch']}: train loss {loss}, val accuracy {val}, {h['seconds']} s")
+        log(f"  epoch {h['epoch']} ({h['phase']}): train loss {loss}, val accuracy {val}, {h['seconds']} s")
+    if result.stopped_early:
+        log(f"stopped after epoch {result.history[-1]['epoch']}: {ft.patience} epochs without a better val accuracy")
     if result.best_epoch == 0 and result.best_val_accuracy is not None:
         log(f"fine-tuning did not improve on the head: kept epoch 0 (val accuracy {result.best_val_accuracy:.4f}), "
-            f"so the exported model is the fused head; try a lower --lr, --freeze-bn or --freeze-stages K "
+            f"so the exported model is the fused head; try a lower --lr, --frozen-epochs 1 or --freeze-stages K "
             f"(fine-tuning took {result.seconds:.1f} s)")
     else:
         log(f"kept epoch {result.best_epoch} (val accuracy {result.best_val_accuracy}), "
             f"fine-tuning took {result.seconds:.1f} s")
-    return {"epochs": ft.epochs, "lr": ft.lr, "head_lr_mult": ft.head_lr_mult, "freeze_stages": ft.freeze_stages,
-            "train_bn": ft.train_bn, "precision": precision, "device": str(device),
-            "train_split": splits.train_split, "train_images": len(splits.train),
-            "val_split": splits.val_split, "val_images": len(splits.val),
-            "history": result.history, "best_epoch": result.best_epoch,
-            "best_val_accuracy": result.best_val_accuracy, "seconds": round(result.seconds, 1),
-            "resumed_from_epoch": result.resumed_from}
+    options = {k: v for k, v in dataclasses.asdict(ft).items() if k not in ("workers", "resume", "progress")}
+    return dict(options, crop_scale=list(result.crop_scale), precision=precision, device=str(device),
+                train_split=splits.train_split, train_images=len(splits.train),
+                val_split=splits.val_split, val_images=len(splits.val),
+                history=result.history, best_epoch=result.best_epoch, best_val_accuracy=result.best_val_accuracy,
+                stopped_early=result.stopped_early, seconds=round(result.seconds, 1),
+                resumed_from_epoch=result.resumed_from)

@@ -10,6 +10,7 @@ import click
 
 from features.cli import extract_command, verify
 from features.cli_common import CONTEXT_SETTINGS
+from pipeline.fit_cli import fit_command
 from pipeline.fuse import main as fuse_command
 from pipeline.head_cli import audit, fit, predict
 from pipeline.predict import main as predict_images
@@ -23,6 +24,7 @@ def tlcache() -> None:
 tlcache.add_command(extract_command, "extract")
 tlcache.add_command(verify, "verify")
 tlcache.add_command(fit, "head")
+tlcache.add_command(fit_command, "fit")
 tlcache.add_command(predict, "predict-features")
 tlcache.add_command(audit, "audit")
 tlcache.add_command(fuse_command, "fuse")

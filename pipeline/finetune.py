@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from features.backbones import Backbone
@@ -20,21 +23,35 @@ from pipeline.filenames import CHECKPOINT
 
 # Options that shape the optimisation: a resumed run must use the checkpoint's values. The
 # number of epochs may grow (a finished fine-tune continues with more).
-RESUME_OPTIONS = ("lr", "head_lr_mult", "freeze_stages", "batch_size", "momentum", "weight_decay", "train_bn", "seed")
+RESUME_OPTIONS = ("lr", "head_lr_mult", "optimizer", "frozen_epochs", "freeze_stages", "batch_size", "momentum",
+                  "weight_decay", "label_smoothing", "crop_scale", "flip", "warmup_fraction", "train_bn", "seed")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass
 class FinetuneConfig:
-    """Options of the fine-tuning stage (see ``python -m pipeline.fuse --help``)."""
+    """Options of the fine-tuning stage (see ``python -m pipeline.fuse --help``).
+
+    ``epochs`` is the most epochs to run; with ``patience`` the run stops earlier once
+    validation accuracy has not improved for that many epochs. ``crop_scale=None``
+    chooses the crop's area share from the images' resolution (:func:`crop_scale_for`).
+    """
 
     epochs: int
-    lr: float = 1e-3
+    lr: float = 1e-4
     head_lr_mult: float = 10.0
+    optimizer: str = "adamw"
+    frozen_epochs: int = 0
     freeze_stages: int = 0
     batch_size: int = 16
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    train_bn: bool = True
+    label_smoothing: float = 0.1
+    crop_scale: tuple[float, float] | None = None
+    flip: bool = True
+    warmup_fraction: float = 0.1
+    train_bn: bool = False
+    patience: int | None = None
     workers: int = 0
     seed: int = 0
     resume: bool = False
@@ -50,6 +67,8 @@ class FinetuneResult:
     best_val_accuracy: float | None = None
     seconds: float = 0.0
     resumed_from: int | None = None
+    stopped_early: bool = False
+    crop_scale: tuple[float, float] | None = None
 
 
 def stages(model: nn.Module, classifier_slot: str) -> list[tuple[str, nn.Module]]:
@@ -106,6 +125,60 @@ def parameter_groups(model: nn.Module, classifier_slot: str, lr: float, head_lr_
     head = [p for p in model.parameters() if id(p) in head_ids and p.requires_grad]
     body = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
     return [{"params": body, "lr": lr, "name": "body"}, {"params": head, "lr": lr * head_lr_mult, "name": "head"}]
+
+
+PHOTO_CROP_SCALE = (0.35, 1.0)
+SMALL_SOURCE_CROP_SCALE = (0.8, 1.0)
+
+
+def source_short_side(root: str, items: list[tuple[str, int]], sample: int = 32) -> int | None:
+    """Median shorter side, in pixels, of up to ``sample`` images spread over ``items`` (headers only).
+
+    ``None`` when none of them can be opened.
+    """
+    step = max(1, len(items) // sample)
+    sides = []
+    for path, _ in items[::step][:sample]:
+        try:
+            with Image.open(os.path.join(root, path)) as im:
+                sides.append(min(im.size))
+        except (OSError, ValueError):
+            continue  # the loader records unreadable files; a size sample can do without them
+    return int(statistics.median(sides)) if sides else None
+
+
+def crop_scale_for(short_side: int | None, resize_size: int) -> tuple[float, float]:
+    """RandomResizedCrop's area share for training images of this resolution.
+
+    Photos at least as large as the evaluation resize get ``PHOTO_CROP_SCALE``; images
+    smaller than that (8x8 digits written at 64 px, thumbnails) are already upscaled to
+    reach the crop size, and a deep crop would leave a few source pixels, so they get
+    the milder ``SMALL_SOURCE_CROP_SCALE``.
+    """
+    if short_side is not None and short_side < resize_size:
+        return SMALL_SOURCE_CROP_SCALE
+    return PHOTO_CROP_SCALE
+
+
+def make_optimizer(groups: list[dict], cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD with momentum over the parameter groups, with ``cfg.weight_decay``."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r} ({' or '.join(OPTIMIZERS)})")
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float):
+    """Learning-rate factor per step: linear warm-up over the first ``warmup_fraction``, then cosine decay to 0."""
+    warmup = max(1, round(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
 
 
 class LabelledImages(Dataset):
@@ -192,7 +265,8 @@ def _load_checkpoint(path: str, cfg: FinetuneConfig, precision: str) -> dict:
 
 
 def _options(cfg: FinetuneConfig) -> dict:
-    return {k: getattr(cfg, k) for k in RESUME_OPTIONS}
+    # lists, as the checkpoint's plain values hold tuples
+    return {k: list(v) if isinstance(v, tuple) else v for k in RESUME_OPTIONS for v in [getattr(cfg, k)]}
 
 
 def _save_checkpoint(path: str, state: dict) -> None:
@@ -201,11 +275,11 @@ def _save_checkpoint(path: str, state: dict) -> None:
 
 
 def _loaders(backbone: Backbone, root: str, train_items: list[tuple[str, int]],
-             val_items: list[tuple[str, int]] | None, cfg: FinetuneConfig,
+             val_items: list[tuple[str, int]] | None, cfg: FinetuneConfig, crop_scale: tuple[float, float],
              generator: torch.Generator) -> tuple[DataLoader, DataLoader | None]:
     """Shuffled, augmented training images and centre-cropped validation images."""
     prep = backbone.preprocessing
-    train_loader = DataLoader(LabelledImages(root, train_items, prep, prep.train_transform()),
+    train_loader = DataLoader(LabelledImages(root, train_items, prep, prep.train_transform(crop_scale, cfg.flip)),
                               batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
                               collate_fn=_collate_readable, generator=generator, drop_last=False)
     val_loader = DataLoader(LabelledImages(root, val_items, prep, prep.eval_transform()), batch_size=64,
@@ -213,10 +287,10 @@ def _loaders(backbone: Backbone, root: str, train_items: list[tuple[str, int]],
     return train_loader, val_loader
 
 
-def _train_epoch(model: nn.Module, loader: DataLoader, optimiser, scaler, device: torch.device, precision: str,
-                 progress: Progress) -> float:
-    """One pass over the training images; returns the mean training loss."""
-    loss_fn = nn.CrossEntropyLoss()
+def _train_epoch(model: nn.Module, loader: DataLoader, optimiser, scheduler, scaler, device: torch.device,
+                 precision: str, label_smoothing: float, progress: Progress) -> float:
+    """One pass over the training images, stepping the schedule per batch; returns the mean training loss."""
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     total_loss, seen = 0.0, 0
     for batch in loader:
         if batch is None:
@@ -228,11 +302,30 @@ def _train_epoch(model: nn.Module, loader: DataLoader, optimiser, scaler, device
         scaler.scale(loss).backward()
         scaler.step(optimiser)
         scaler.update()
+        scheduler.step()
         total_loss += float(loss.detach()) * len(y)
         seen += len(y)
         progress.update(len(y))
     progress.close()
     return total_loss / max(seen, 1)
+
+
+def _set_phase(model: nn.Module, slot: str, head_only: bool, frozen: list[str], train_bn: bool) -> None:
+    """Gradients and train/eval modes for a head-only epoch or an end-to-end one."""
+    model.requires_grad_(not head_only)
+    model.get_submodule(slot).requires_grad_(True)
+    for name in frozen:
+        model.get_submodule(name).requires_grad_(False)
+    if head_only:
+        model.eval()  # the body runs as in extraction: BatchNorm statistics and dropout as at inference
+    else:
+        set_train_mode(model, frozen, train_bn)
+
+
+def _epoch_label(epoch: int, cfg: FinetuneConfig, last_val: float | None) -> str:
+    phase = "head only" if epoch <= cfg.frozen_epochs else "end to end"
+    val = f", val {last_val:.3f} so far" if last_val is not None else ""
+    return f"epoch {epoch}/{cfg.epochs} ({phase}{val})"
 
 
 def finetune(backbone: Backbone, root: str, train_items: list[tuple[str, int]], val_items: list[tuple[str, int]] | None,
@@ -243,12 +336,17 @@ def finetune(backbone: Backbone, root: str, train_items: list[tuple[str, int]], 
     records for its training and validation splits (paths relative to ``root``); no
     other image is used.
 
-    SGD with momentum and weight decay, cosine learning-rate decay over ``cfg.epochs``,
-    RandomResizedCrop + flip on the training images, a validation pass each epoch and
-    a checkpoint (``out_dir/checkpoint.pt``, tensors and plain values only) after each
-    epoch. With ``cfg.resume`` a checkpoint left by an interrupted run is continued,
-    if it was made with the same options. Epoch 0 is the fused model before any
-    update; its weights are kept if no epoch beats it on validation.
+    The recipe (the README's Fine-tuning section gives the measurements behind it):
+    ``cfg.frozen_epochs`` head-only epochs, then end to end; AdamW (or SGD) with the
+    head at ``lr * head_lr_mult``; per-step linear warm-up then cosine decay over
+    ``cfg.epochs``; label smoothing; RandomResizedCrop with an area share chosen from
+    the images' resolution, and a horizontal flip; BatchNorm statistics frozen unless
+    ``cfg.train_bn``. A validation pass ends each epoch, then a checkpoint
+    (``out_dir/checkpoint.pt``, tensors and plain values only). With ``cfg.patience``
+    the run stops once that many epochs in a row have not beaten the best. With
+    ``cfg.resume`` a checkpoint left by an interrupted run is continued, if it was
+    made with the same options. Epoch 0 is the fused model before any update; its
+    weights are kept if no epoch beats it on validation.
 
     Raises
     ------
@@ -259,14 +357,15 @@ def finetune(backbone: Backbone, root: str, train_items: list[tuple[str, int]], 
     slot = backbone.spec.classifier_slot
     model.requires_grad_(True)
     frozen = freeze_lowest(model, slot, cfg.freeze_stages)
-    optimiser = torch.optim.SGD(parameter_groups(model, slot, cfg.lr, cfg.head_lr_mult), momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=cfg.epochs)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and device.type == "cuda")
+    crop_scale = cfg.crop_scale or crop_scale_for(source_short_side(root, train_items), backbone.preprocessing.resize_size)
     generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader, val_loader = _loaders(backbone, root, train_items, val_items, cfg, generator)
+    train_loader, val_loader = _loaders(backbone, root, train_items, val_items, cfg, crop_scale, generator)
+    optimiser = make_optimizer(parameter_groups(model, slot, cfg.lr, cfg.head_lr_mult), cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, warmup_cosine(cfg.epochs * len(train_loader), cfg.warmup_fraction))
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and device.type == "cuda")
 
-    result = FinetuneResult()
+    result = FinetuneResult(crop_scale=crop_scale)
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
     start_epoch = 1
     if cfg.resume and os.path.exists(ckpt_path):
@@ -283,19 +382,26 @@ def finetune(backbone: Backbone, root: str, train_items: list[tuple[str, int]], 
     else:
         torch.manual_seed(cfg.seed)
         val0 = evaluate(model, val_loader, device) if val_loader else None
-        result.history.append({"epoch": 0, "train_loss": None, "val_accuracy": val0, "seconds": 0.0})
+        result.history.append({"epoch": 0, "phase": "fused head", "train_loss": None, "val_accuracy": val0,
+                               "seconds": 0.0})
         result.best_epoch, result.best_val_accuracy = 0, val0
         best_state = copy.deepcopy(model.state_dict())
 
     started = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs + 1):
+        if _out_of_patience(result, cfg.patience):
+            result.stopped_early = True
+            break
         epoch_start = time.perf_counter()
-        set_train_mode(model, frozen, cfg.train_bn)
-        progress = Progress(len(train_loader.dataset), f"epoch {epoch}/{cfg.epochs}", enabled=cfg.progress)
-        train_loss = _train_epoch(model, train_loader, optimiser, scaler, device, precision, progress)
-        scheduler.step()
+        head_only = epoch <= cfg.frozen_epochs
+        _set_phase(model, slot, head_only, frozen, cfg.train_bn)
+        progress = Progress(len(train_loader.dataset), _epoch_label(epoch, cfg, result.history[-1]["val_accuracy"]),
+                            enabled=cfg.progress)
+        train_loss = _train_epoch(model, train_loader, optimiser, scheduler, scaler, device, precision,
+                                  cfg.label_smoothing, progress)
         val_acc = evaluate(model, val_loader, device) if val_loader else None
-        result.history.append({"epoch": epoch, "train_loss": train_loss, "val_accuracy": val_acc,
+        result.history.append({"epoch": epoch, "phase": "head only" if head_only else "end to end",
+                               "train_loss": train_loss, "val_accuracy": val_acc,
                                "seconds": round(time.perf_counter() - epoch_start, 2)})
         improved = val_acc is not None and (result.best_val_accuracy is None or val_acc > result.best_val_accuracy)
         if improved or val_loader is None:  # without validation the last epoch is kept
@@ -311,3 +417,10 @@ def finetune(backbone: Backbone, root: str, train_items: list[tuple[str, int]], 
     model.requires_grad_(False)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _out_of_patience(result: FinetuneResult, patience: int | None) -> bool:
+    """True once ``patience`` epochs in a row have passed without beating the best (needs validation)."""
+    if patience is None or result.best_val_accuracy is None:
+        return False
+    return result.history[-1]["epoch"] - result.best_epoch >= patience

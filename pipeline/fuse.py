@@ -12,7 +12,29 @@ from features.cli_common import (CONTEXT_SETTINGS, batch_size_option, device_opt
 from pipeline.build_model import BuildConfig, build_model
 from pipeline.export import ONNX_PACKAGES, onnx_available
 from pipeline.filenames import MODEL_META
-from pipeline.finetune import FinetuneConfig
+from pipeline.finetune import OPTIMIZERS, FinetuneConfig
+
+_D = FinetuneConfig(epochs=0)  # the defaults live in one place
+AUTO_MAX_EPOCHS = 10
+AUTO_PATIENCE = 2
+
+
+def parse_crop_scale(text: str) -> tuple[float, float] | None:
+    """``auto`` -> ``None``; ``LO,HI`` -> ``(LO, HI)`` with 0 < LO <= HI <= 1.
+
+    Raises
+    ------
+    click.BadParameter
+    """
+    if text == "auto":
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not auto or LO,HI", param_hint="--crop-scale") from None
+    if not 0 < lo <= hi <= 1:
+        raise click.BadParameter(f"{text!r} needs 0 < LO <= HI <= 1", param_hint="--crop-scale")
+    return lo, hi
 from pipeline.user_errors import USER_ERRORS
 
 
@@ -23,13 +45,31 @@ from pipeline.user_errors import USER_ERRORS
 @click.option("--features", "features_path", default=None,
               help="The head's feature file, whose splits give the images to check and fine-tune on "
                    "[default: the one recorded in the head].")
-@click.option("--finetune-epochs", default=0, show_default=True, type=click.IntRange(min=0))
-@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Body learning rate.")
-@click.option("--head-lr-mult", default=10.0, show_default=True, type=click.FloatRange(min=0), help="Head lr = lr x this.")
-@click.option("--freeze-stages", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--finetune", "finetune_mode", type=click.Choice(["off", "auto"]), default="off", show_default=True,
+              help=f"auto: fine-tune until val accuracy has not improved for --patience epochs (at most "
+                   f"{AUTO_MAX_EPOCHS}, or --finetune-epochs); the best epoch is kept.")
+@click.option("--finetune-epochs", default=None, type=click.IntRange(min=0),
+              help="Fine-tune this many epochs (the most, with --finetune auto) [default: 0, no fine-tuning].")
+@click.option("--patience", default=None, type=click.IntRange(min=1),
+              help=f"Stop after this many epochs without a better val accuracy [default: {AUTO_PATIENCE} with "
+                   "--finetune auto, else off].")
+@click.option("--lr", default=_D.lr, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Body learning rate (peak, after warm-up).")
+@click.option("--head-lr-mult", default=_D.head_lr_mult, show_default=True, type=click.FloatRange(min=0),
+              help="Head lr = lr x this.")
+@click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=_D.optimizer, show_default=True)
+@click.option("--frozen-epochs", default=_D.frozen_epochs, show_default=True, type=click.IntRange(min=0),
+              help="First train the head alone for this many epochs (counted in the total).")
+@click.option("--freeze-stages", default=_D.freeze_stages, show_default=True, type=click.IntRange(min=0),
               help="Freeze the lowest K stages (weights and BatchNorm statistics).")
-@click.option("--freeze-bn", is_flag=True,
-              help="Keep every BatchNorm layer's pretrained statistics (default: update them from training batches).")
+@click.option("--train-bn/--freeze-bn", default=_D.train_bn, show_default=True,
+              help="Update BatchNorm statistics from training batches, or keep the pretrained ones (their affine "
+                   "weights learn either way).")
+@click.option("--label-smoothing", default=_D.label_smoothing, show_default=True, type=click.FloatRange(0, 1, max_open=True))
+@click.option("--crop-scale", default="auto", show_default=True,
+              help="RandomResizedCrop area share LO,HI (e.g. 0.08,1); auto: chosen from the images' resolution.")
+@click.option("--flip/--no-flip", default=_D.flip, show_default=True,
+              help="Random horizontal flips (turn off where mirror images mean something else, e.g. text).")
 @batch_size_option(16)
 @workers_option(0, "DataLoader decode workers for fine-tuning.")
 @device_option()
@@ -40,13 +80,20 @@ from pipeline.user_errors import USER_ERRORS
               help="Also export model.onnx, checked with onnxruntime (adds about 10 s for efficientnet_lite0 on 2 "
                    "cores) [default: when the onnx extra is installed].")
 @quiet_option()
-def main(head_dir, out_dir, data_root, features_path, finetune_epochs, lr, head_lr_mult, freeze_stages, freeze_bn, batch_size, workers,
+def main(head_dir, out_dir, data_root, features_path, finetune_mode, finetune_epochs, patience, lr, head_lr_mult,
+         optimizer, frozen_epochs, freeze_stages, train_bn, label_smoothing, crop_scale, flip, batch_size, workers,
          device, precision, seed, resume, onnx, quiet) -> None:
     """Fuse a trained head into its backbone, fine-tune end to end (optional), export and verify."""
     if onnx and not onnx_available():
         fail(f"--onnx needs the onnx extra: pip install {' '.join(ONNX_PACKAGES)}")
-    ft = FinetuneConfig(epochs=finetune_epochs, lr=lr, head_lr_mult=head_lr_mult, freeze_stages=freeze_stages,
-                        train_bn=not freeze_bn, batch_size=batch_size, workers=workers, seed=seed, resume=resume, progress=not quiet)
+    if finetune_mode == "auto":
+        finetune_epochs = AUTO_MAX_EPOCHS if finetune_epochs is None else finetune_epochs
+        patience = AUTO_PATIENCE if patience is None else patience
+    ft = FinetuneConfig(epochs=finetune_epochs or 0, lr=lr, head_lr_mult=head_lr_mult, optimizer=optimizer,
+                        frozen_epochs=frozen_epochs, freeze_stages=freeze_stages, train_bn=train_bn,
+                        label_smoothing=label_smoothing, crop_scale=parse_crop_scale(crop_scale), flip=flip,
+                        patience=patience, batch_size=batch_size, workers=workers, seed=seed, resume=resume,
+                        progress=not quiet)
     cfg = BuildConfig(head_dir=head_dir, out_dir=out_dir, data_root=data_root, features_path=features_path,
                       finetune=ft, device=device, precision=precision, onnx=onnx is not False)
     interrupted = f"interrupted; rerun with --resume to continue from the last epoch checkpoint in {out_dir}.partial"

@@ -17,7 +17,8 @@ from pipeline.user_errors import USER_ERRORS
 _INTERRUPTED = "interrupted; nothing was written"
 
 
-def _parse_C(_ctx, _param, value: str) -> str | float:
+def parse_C(_ctx, _param, value: str) -> str | float:
+    """click callback for --C: ``auto`` or a positive number."""
     if value == "auto":
         return value
     try:
@@ -41,7 +42,7 @@ def _parse_memory(_ctx, _param, value: str | None) -> int | None:
 @click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--features", "features_path", required=True, help="Complete feature file from run_extract.py.")
 @click.option("--clf", type=click.Choice(["svm", "logreg", "linear"]), default="logreg", show_default=True)
-@click.option("--C", "C", default="auto", show_default=True, callback=_parse_C, help="Inverse regularisation, or auto: chosen by K-fold CV on train.")
+@click.option("--C", "C", default="auto", show_default=True, callback=parse_C, help="Inverse regularisation, or auto: chosen by K-fold CV on train.")
 @click.option("--cv", default=5, show_default=True, type=click.IntRange(min=2), help="Folds of the C sweep.")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
 @click.option("--init", type=click.Choice(["none", "imagenet"]), default="none", show_default=True,

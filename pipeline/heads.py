@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -226,12 +227,48 @@ def C_parameter(estimator: BaseEstimator) -> str:
     return next(name for name in estimator.get_params() if name == "C" or name.endswith("__C"))
 
 
+def warm_start_parameter(estimator: BaseEstimator) -> str | None:
+    """The name under which ``estimator.set_params`` takes ``warm_start``; ``None`` if it has none."""
+    return next((name for name in estimator.get_params() if name == "warm_start" or name.endswith("__warm_start")), None)
+
+
+def _warm_path_scores(estimator: BaseEstimator, param: str, grid: np.ndarray, X: np.ndarray, y: np.ndarray,
+                      train: np.ndarray, test: np.ndarray) -> list[float]:
+    """Held-out accuracy at each C of an ascending grid, each fit starting from the previous C's solution."""
+    model = clone(estimator).set_params(**{warm_start_parameter(estimator): True})
+    scores = []
+    for C in grid:
+        model.set_params(**{param: C})
+        model.fit(X[train], y[train])
+        scores.append(float(np.mean(model.predict(X[test]) == y[test])))
+    return scores
+
+
+def _sweep(estimator: BaseEstimator, param: str, grid: np.ndarray, X: np.ndarray, y: np.ndarray,
+           splits: list[tuple[np.ndarray, np.ndarray]], n_jobs: int, warm_start: bool) -> np.ndarray:
+    """Mean held-out accuracy per C over the folds."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if warm_start:
+            per_fold = Parallel(n_jobs=n_jobs)(delayed(_warm_path_scores)(estimator, param, grid, X, y, tr, te)
+                                               for tr, te in splits)
+            return np.mean(per_fold, axis=0)
+        search = GridSearchCV(estimator, {param: list(grid)}, scoring="accuracy", cv=splits, n_jobs=n_jobs,
+                              refit=False, error_score="raise")
+        search.fit(X, y)
+        return search.cv_results_["mean_test_score"]
+
+
 def choose_C(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, clean: np.ndarray,
-             folds: int, seed: int, n_jobs: int, grid: np.ndarray = C_GRID, keep_scores: bool = False) -> CVResult:
+             folds: int, seed: int, n_jobs: int, grid: np.ndarray = C_GRID, keep_scores: bool = False,
+             warm_start: bool | None = None) -> CVResult:
     """Pick C by stratified group K-fold cross-validation on training rows only.
 
-    scikit-learn's ``GridSearchCV`` runs the sweep over the explicit folds of
-    :func:`cv_splits`; the choice follows :func:`~pipeline.head_maths.best_C`.
+    Over the explicit folds of :func:`cv_splits`, an estimator that can warm-start
+    (logistic regression) fits the grid in ascending order per fold, each fit starting
+    from the last solution, as ``LogisticRegressionCV`` does along its path; others go
+    through scikit-learn's ``GridSearchCV``. The choice follows
+    :func:`~pipeline.head_maths.best_C`.
 
     Parameters
     ----------
@@ -253,6 +290,9 @@ def choose_C(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, groups: np.
     keep_scores : bool
         Also keep each held-out row's class scores from the folds, refitted at the chosen
         C (``CVResult.oof_scores``: out-of-fold scores).
+    warm_start : bool, optional
+        Force the warm-started path (``True``) or ``GridSearchCV`` (``False``); by
+        default the path wherever the estimator supports it.
 
     Returns
     -------
@@ -270,12 +310,11 @@ def choose_C(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, groups: np.
         raise HeadTrainingError("cross-validation needs at least 2 training images per class; pass a fixed --C")
     splits = cv_splits(y, groups, clean, k, seed)
     param = C_parameter(estimator)
-    search = GridSearchCV(estimator, {param: list(grid)}, scoring="accuracy", cv=splits, n_jobs=n_jobs, refit=False,
-                          error_score="raise")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        search.fit(X, y)
-    curve = [(float(C), float(score)) for C, score in zip(grid, search.cv_results_["mean_test_score"])]
+    if warm_start is None:
+        warm_start = warm_start_parameter(estimator) is not None
+    grid = np.sort(np.asarray(grid, dtype=float))
+    curve = [(float(C), float(score)) for C, score in zip(grid, _sweep(estimator, param, grid, X, y, splits, n_jobs,
+                                                                       warm_start))]
     chosen, best = best_C(curve)
     if chosen in (float(grid[0]), float(grid[-1])) and len(grid) > 1:
         notes.append(f"note: the chosen C={chosen:.3g} is at the edge of the searched grid "

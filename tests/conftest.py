@@ -45,6 +45,20 @@ def small_dataset(tmp_path) -> str:
     return make_imagefolder(str(tmp_path / "data"), {"train": {"a": 6, "b": 6, "c": 6}, "val": {"a": 3, "b": 3, "c": 3}})
 
 
+@pytest.fixture
+def tiny_pipeline(tmp_path) -> tuple[str, str, str]:
+    """Generated images -> tiny_cnn features -> logreg head: ``(data root, feature file, head folder)``."""
+    from features.extract import ExtractConfig, extract
+    from pipeline.train_head import HeadConfig, train_head
+
+    data = make_imagefolder(str(tmp_path / "data"), {"train": {"ants": 12, "bees": 12}, "val": {"ants": 6, "bees": 6}})
+    feats = str(tmp_path / "f.h5")
+    extract(ExtractConfig(data_root=data, out_path=feats, backbone="tiny_cnn", weights="none", progress=False))
+    head = str(tmp_path / "head")
+    train_head(HeadConfig(feats, head, clf="logreg", n_jobs=1))
+    return data, feats, head
+
+
 @pytest.fixture(scope="session")
 def hymenoptera() -> str:
     if not os.path.isdir(HYMENOPTERA):

@@ -11,7 +11,7 @@ from tests.conftest import blobs, make_imagefolder, run_cli, write_feature_file
 def test_one_group_runs_every_step(tmp_path):
     r = run_cli("-m pipeline.cli", "--help")
     assert r.returncode == 0
-    for name in ("extract", "verify", "head", "predict-features", "audit", "fuse", "predict"):
+    for name in ("extract", "verify", "head", "fit", "predict-features", "audit", "fuse", "predict"):
         assert f"  {name} " in r.stdout
     data = make_imagefolder(str(tmp_path / "data"), {"train": {"a": 6, "b": 6}, "val": {"a": 3, "b": 3}})
     feats = str(tmp_path / "f.h5")
@@ -48,3 +48,27 @@ def test_errors_are_one_line_with_the_shared_exit_codes(tmp_path):
     r = run_cli("-m pipeline.cli", "extract", "--data", str(tmp_path / "empty"), "--backbone", "tiny_cnn",
                 "--weights", "none", "--out", str(tmp_path / "e.h5"), "--quiet")
     assert r.returncode == 1 and r.stderr.startswith("error: "), r.stderr
+
+
+def test_fit_in_one_process_writes_what_the_two_commands_write(tmp_path):
+    data = make_imagefolder(str(tmp_path / "data"), {"train": {"a": 8, "b": 8}, "val": {"a": 4, "b": 4}})
+    common = ["--backbone", "tiny_cnn", "--weights", "none"]
+    one = run_cli("-m pipeline.cli", "fit", "--data", data, *common, "--features", str(tmp_path / "one.h5"),
+                  "--out", str(tmp_path / "one"), "--quiet")
+    assert one.returncode == 0, one.stderr
+    assert "written" in one.stdout and "val: accuracy" in one.stdout
+    two = [run_cli("run_extract.py", "--data", data, *common, "--out", str(tmp_path / "two.h5"), "--quiet"),
+           run_cli("run_head.py", "--features", str(tmp_path / "two.h5"), "--out", str(tmp_path / "two"))]
+    assert all(r.returncode == 0 for r in two), [r.stderr for r in two]
+    import h5py
+    with h5py.File(tmp_path / "one.h5") as a, h5py.File(tmp_path / "two.h5") as b:
+        for split in ("train", "val"):
+            np.testing.assert_array_equal(a[split]["features"][:], b[split]["features"][:])
+    heads = [np.load(tmp_path / name / "head.npz") for name in ("one", "two")]
+    assert sorted(heads[0].files) == sorted(heads[1].files)
+    for key in heads[0].files:
+        np.testing.assert_array_equal(heads[0][key], heads[1][key])
+    reports = [json.load(open(tmp_path / name / "report.json")) for name in ("one", "two")]
+    assert reports[0]["C"] == reports[1]["C"] and reports[0]["splits"] == reports[1]["splits"]
+    bad = run_cli("-m pipeline.cli", "fit", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

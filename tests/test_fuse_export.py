@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from features.backbones import load_backbone
-from features.extract import ExtractConfig, extract
 from features.hooks import capture_features
 from features.identity import FeatureIdentity
 from features.preprocessing import Preprocessing
@@ -21,7 +20,7 @@ from pipeline.export import export_model
 from pipeline.finetune import freeze_lowest, parameter_groups, set_train_mode, stages
 from pipeline.fusing import FusedHeadMismatch, fuse_head, verify_fused
 from pipeline.train_head import HeadConfig, train_head
-from tests.conftest import REPO, make_imagefolder, run_cli
+from tests.conftest import REPO, run_cli
 
 
 def _random_head(dim, n_classes, seed=0):
@@ -128,17 +127,6 @@ def test_export_matches_eager(tmp_path, name, weights):
         exported = torch.export.load(str(tmp_path / "model.pt2")).module()(other)
         scripted = torch.jit.load(str(tmp_path / "model.ts"))(other)
     assert torch.allclose(eager, exported, atol=1e-4) and torch.allclose(eager, scripted, atol=1e-4)
-
-
-@pytest.fixture
-def tiny_pipeline(tmp_path):
-    """Generated images -> tiny_cnn features -> logreg head."""
-    data = make_imagefolder(str(tmp_path / "data"), {"train": {"ants": 12, "bees": 12}, "val": {"ants": 6, "bees": 6}})
-    feats = str(tmp_path / "f.h5")
-    extract(ExtractConfig(data_root=data, out_path=feats, backbone="tiny_cnn", weights="none", progress=False))
-    head = str(tmp_path / "head")
-    train_head(HeadConfig(feats, head, clf="logreg", n_jobs=1))
-    return data, feats, head
 
 
 def test_build_model_without_finetune_reproduces_head_accuracy(tiny_pipeline, tmp_path):

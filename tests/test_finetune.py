@@ -1,0 +1,107 @@
+"""The fine-tuning recipe's mechanics on a tiny CNN and generated images: phases, schedule, crops, patience."""
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from features.backbones import load_backbone
+from pipeline.finetune import (PHOTO_CROP_SCALE, SMALL_SOURCE_CROP_SCALE, FinetuneConfig, crop_scale_for, finetune,
+                               source_short_side, warmup_cosine)
+from tests.conftest import make_imagefolder, run_cli
+
+
+@pytest.fixture
+def tiny_setup(tmp_path):
+    root = make_imagefolder(str(tmp_path / "data"), {"train": {"a": 8, "b": 8}, "val": {"a": 4, "b": 4}})
+    items = {split: [(os.path.join(split, c, f), label) for label, c in enumerate("ab")
+                     for f in sorted(os.listdir(os.path.join(root, split, c)))] for split in ("train", "val")}
+    backbone = load_backbone("tiny_cnn", "none")
+    backbone.model.fc = torch.nn.Linear(32, 2)
+    return root, items, backbone
+
+
+def _params(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before, after, prefix):
+    return [k for k in before if k.startswith(prefix) and not torch.equal(before[k], after[k])]
+
+
+def test_head_only_epochs_leave_the_body_untouched(tiny_setup, tmp_path):
+    root, items, backbone = tiny_setup
+    before = _params(backbone.model)
+    cfg = FinetuneConfig(epochs=1, frozen_epochs=1, lr=1e-2, batch_size=4, progress=False)
+    result = finetune(backbone, root, items["train"], None, cfg, torch.device("cpu"), "fp32", str(tmp_path))
+    after = _params(backbone.model)
+    assert result.history[1]["phase"] == "head only"
+    assert _changed(before, after, "fc.") and not _changed(before, after, "features.")
+
+
+def test_end_to_end_epochs_train_the_body_with_frozen_batchnorm_statistics(tiny_setup, tmp_path):
+    root, items, backbone = tiny_setup
+    before = _params(backbone.model)
+    cfg = FinetuneConfig(epochs=2, frozen_epochs=1, lr=1e-2, batch_size=4, progress=False)
+    result = finetune(backbone, root, items["train"], None, cfg, torch.device("cpu"), "fp32", str(tmp_path))
+    changed = _changed(before, _params(backbone.model), "features.")
+    assert [h["phase"] for h in result.history] == ["fused head", "head only", "end to end"]
+    assert "features.0.weight" in changed and "features.1.weight" in changed  # conv and BatchNorm affine learn
+    assert not [k for k in changed if "running_" in k]  # the pretrained statistics stay (train_bn=False)
+
+
+def test_train_bn_updates_the_statistics(tiny_setup, tmp_path):
+    root, items, backbone = tiny_setup
+    before = _params(backbone.model)
+    cfg = FinetuneConfig(epochs=1, train_bn=True, batch_size=4, progress=False)
+    finetune(backbone, root, items["train"], None, cfg, torch.device("cpu"), "fp32", str(tmp_path))
+    assert "features.1.running_mean" in _changed(before, _params(backbone.model), "features.")
+
+
+def test_patience_stops_and_keeps_the_best_epoch(tiny_setup, tmp_path):
+    root, items, backbone = tiny_setup
+    cfg = FinetuneConfig(epochs=6, lr=10.0, optimizer="sgd", patience=1, batch_size=4, progress=False)
+    fused = _params(backbone.model)
+    result = finetune(backbone, root, items["train"], items["val"], cfg, torch.device("cpu"), "fp32", str(tmp_path))
+    epochs_run = [h["epoch"] for h in result.history]
+    assert result.stopped_early and epochs_run == list(range(result.best_epoch + 2))
+    best = max(result.history, key=lambda h: (h["val_accuracy"], -h["epoch"]))
+    assert result.best_epoch == best["epoch"]
+    if result.best_epoch == 0:
+        assert not _changed(fused, _params(backbone.model), "")  # the fused head's weights came back
+
+
+def test_warmup_then_cosine_decay():
+    factor = warmup_cosine(100, 0.1)
+    rising = [factor(s) for s in range(10)]
+    assert rising == sorted(rising) and rising[0] == pytest.approx(0.1) and factor(9) == 1.0
+    decaying = [factor(s) for s in range(10, 100)]
+    assert decaying == sorted(decaying, reverse=True) and factor(99) < 0.01
+
+
+def test_crop_scale_follows_the_source_resolution(tmp_path):
+    for name, size in [("small.png", (64, 64)), ("wide.png", (640, 480))]:
+        Image.new("RGB", size).save(tmp_path / name)
+    small = source_short_side(str(tmp_path), [("small.png", 0)] * 3)
+    large = source_short_side(str(tmp_path), [("wide.png", 0), ("missing.png", 0)])
+    assert (small, large) == (64, 480)
+    assert crop_scale_for(small, 256) == SMALL_SOURCE_CROP_SCALE
+    assert crop_scale_for(large, 256) == PHOTO_CROP_SCALE
+    assert crop_scale_for(None, 256) == PHOTO_CROP_SCALE
+
+
+def test_finetune_auto_from_the_command_line(tiny_pipeline, tmp_path):
+    data, feats, head = tiny_pipeline
+    out = tmp_path / "m"
+    r = run_cli("-m pipeline.fuse", "--head", head, "--out", str(out), "--finetune", "auto", "--finetune-epochs", "3",
+                "--patience", "1", "--crop-scale", "0.5,1", "--no-flip", "--batch-size", "8", "--quiet", "--no-onnx")
+    assert r.returncode == 0, r.stderr
+    ft = json.load(open(out / "model.json"))["finetune"]
+    assert ft["patience"] == 1 and ft["epochs"] == 3 and ft["crop_scale"] == [0.5, 1.0] and ft["flip"] is False
+    assert [h["epoch"] for h in ft["history"]] == list(range(len(ft["history"])))
+    assert ft["stopped_early"] == (len(ft["history"]) < 4)
+    assert f"epoch {ft['best_epoch']}" in r.stdout
+    bad = run_cli("-m pipeline.fuse", "--head", head, "--out", str(tmp_path / "x"), "--crop-scale", "1,0.5")
+    assert bad.returncode == 2 and "--crop-scale" in bad.stderr and "Traceback" not in bad.stderr
