@@ -24,8 +24,10 @@ from pipeline.rebuild import rebuild_backbone
 # Each variant changes the default recipe in one respect; "previous" is the recipe before it.
 VARIANTS = {
     "default": {},
-    "previous": dict(optimizer="sgd", lr=1e-3, train_bn=True, crop_scale=(0.08, 1.0), label_smoothing=0.0,
+    "previous": dict(optimizer="sgd", lr=1e-3, train_bn=True, dropout=True, crop_scale=(0.08, 1.0),
                      warmup_fraction=0.0),
+    "dropout": dict(dropout=True),
+    "smoothing_0.1": dict(label_smoothing=0.1),
     "sgd": dict(optimizer="sgd", lr=1e-3),
     "sgd_lr1e-4": dict(optimizer="sgd", lr=1e-4),
     "adamw_lr3e-4": dict(lr=3e-4),
@@ -34,7 +36,6 @@ VARIANTS = {
     "train_bn": dict(train_bn=True),
     "crop_0.08": dict(crop_scale=(0.08, 1.0)),
     "crop_photo": dict(crop_scale=PHOTO_CROP_SCALE),
-    "no_smoothing": dict(label_smoothing=0.0),
     "no_flip": dict(flip=False),
     "frozen_1": dict(frozen_epochs=1),
     "top5": dict(freeze_stages=15),

@@ -51,6 +51,15 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX tiles for bf16 matrix maths."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
+            return "amx_bf16" in fh.read()
+    except OSError:
+        return False
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
     if device == "auto":
@@ -82,15 +91,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def resolve_train_precision(precision: str, device: torch.device) -> str:
     """Autocast precision for training (fine-tuning).
 
-    ``auto``: fp16 AMP on CUDA, bf16 autocast on CPUs with native bf16, else fp32.
-    Unlike extraction, training keeps fp32 master weights and is validated in fp32
-    every epoch, so the faster bf16 path is the default where the CPU has it.
+    ``auto``: fp16 AMP on CUDA, bf16 autocast on CPUs with AMX, else fp32. Training
+    keeps fp32 master weights and is validated in fp32 every epoch; on an AVX512-BF16
+    CPU without AMX, bf16 autocast trained slower than fp32 (about 10 against 12.3
+    img/s for Lite0), so only AMX gets it by default.
     """
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "fp16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "bf16" if cpu_has_amx() else "fp32"
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

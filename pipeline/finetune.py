@@ -24,7 +24,7 @@ from pipeline.filenames import CHECKPOINT
 # Options that shape the optimisation: a resumed run must use the checkpoint's values. The
 # number of epochs may grow (a finished fine-tune continues with more).
 RESUME_OPTIONS = ("lr", "head_lr_mult", "optimizer", "frozen_epochs", "freeze_stages", "batch_size", "momentum",
-                  "weight_decay", "label_smoothing", "crop_scale", "flip", "warmup_fraction", "train_bn", "seed")
+                  "weight_decay", "label_smoothing", "crop_scale", "flip", "warmup_fraction", "train_bn", "dropout", "seed")
 OPTIMIZERS = ("adamw", "sgd")
 
 
@@ -46,11 +46,12 @@ class FinetuneConfig:
     batch_size: int = 16
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.0
     crop_scale: tuple[float, float] | None = None
     flip: bool = True
     warmup_fraction: float = 0.1
     train_bn: bool = False
+    dropout: bool = False
     patience: int | None = None
     workers: int = 0
     seed: int = 0
@@ -102,21 +103,21 @@ def freeze_lowest(model: nn.Module, classifier_slot: str, k: int) -> list[str]:
     return [name for name, _ in frozen]
 
 
-def set_train_mode(model: nn.Module, frozen: list[str], train_bn: bool = True) -> None:
-    """``model.train()`` except for frozen stages, which stay in eval mode.
+def set_train_mode(model: nn.Module, frozen: list[str], train_bn: bool = False, dropout: bool = False) -> None:
+    """Train/eval modes for an end-to-end epoch; frozen stages always stay in eval mode.
 
-    With ``train_bn=False`` every BatchNorm layer also stays in eval mode: it normalises
-    with the pretrained running statistics (and keeps them), exactly as during feature
-    extraction, so the fused head sees the features it was trained on; its affine
-    weights still learn.
+    ``train_bn`` puts BatchNorm layers in training mode (statistics from each batch, and
+    updated); otherwise they normalise with the pretrained running statistics, as during
+    feature extraction, so the fused head sees the features it was trained on, while
+    their affine weights still learn. ``dropout`` puts everything else in training mode
+    too (dropout, drop-connect); otherwise it runs as at inference.
     """
-    model.train()
+    model.train(dropout)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.train(train_bn)
     for name in frozen:
         model.get_submodule(name).eval()
-    if not train_bn:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
 
 
 def parameter_groups(model: nn.Module, classifier_slot: str, lr: float, head_lr_mult: float) -> list[dict]:
@@ -310,7 +311,7 @@ def _train_epoch(model: nn.Module, loader: DataLoader, optimiser, scheduler, sca
     return total_loss / max(seen, 1)
 
 
-def _set_phase(model: nn.Module, slot: str, head_only: bool, frozen: list[str], train_bn: bool) -> None:
+def _set_phase(model: nn.Module, slot: str, head_only: bool, frozen: list[str], train_bn: bool, dropout: bool) -> None:
     """Gradients and train/eval modes for a head-only epoch or an end-to-end one."""
     model.requires_grad_(not head_only)
     model.get_submodule(slot).requires_grad_(True)
@@ -319,7 +320,7 @@ def _set_phase(model: nn.Module, slot: str, head_only: bool, frozen: list[str], 
     if head_only:
         model.eval()  # the body runs as in extraction: BatchNorm statistics and dropout as at inference
     else:
-        set_train_mode(model, frozen, train_bn)
+        set_train_mode(model, frozen, train_bn, dropout)
 
 
 def _epoch_label(epoch: int, cfg: FinetuneConfig, last_val: float | None) -> str:
@@ -394,7 +395,7 @@ def finetune(backbone: Backbone, root: str, train_items: list[tuple[str, int]], 
             break
         epoch_start = time.perf_counter()
         head_only = epoch <= cfg.frozen_epochs
-        _set_phase(model, slot, head_only, frozen, cfg.train_bn)
+        _set_phase(model, slot, head_only, frozen, cfg.train_bn, cfg.dropout)
         progress = Progress(len(train_loader.dataset), _epoch_label(epoch, cfg, result.history[-1]["val_accuracy"]),
                             enabled=cfg.progress)
         train_loss = _train_epoch(model, train_loader, optimiser, scheduler, scaler, device, precision,

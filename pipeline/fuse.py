@@ -65,6 +65,8 @@ from pipeline.user_errors import USER_ERRORS
 @click.option("--train-bn/--freeze-bn", default=_D.train_bn, show_default=True,
               help="Update BatchNorm statistics from training batches, or keep the pretrained ones (their affine "
                    "weights learn either way).")
+@click.option("--dropout/--no-dropout", default=_D.dropout, show_default=True,
+              help="Dropout and drop-connect active in training (off: the network runs as at inference).")
 @click.option("--label-smoothing", default=_D.label_smoothing, show_default=True, type=click.FloatRange(0, 1, max_open=True))
 @click.option("--crop-scale", default="auto", show_default=True,
               help="RandomResizedCrop area share LO,HI (e.g. 0.08,1); auto: chosen from the images' resolution.")
@@ -73,7 +75,7 @@ from pipeline.user_errors import USER_ERRORS
 @batch_size_option(16)
 @workers_option(0, "DataLoader decode workers for fine-tuning.")
 @device_option()
-@precision_option("Fine-tuning autocast; auto: bf16 on CPUs with native bf16, fp16 AMP on CUDA.")
+@precision_option("Fine-tuning autocast; auto: bf16 on CPUs with AMX, fp16 AMP on CUDA, else fp32.")
 @seed_option()
 @click.option("--resume", is_flag=True, help="Continue an interrupted fine-tune from MODEL_DIR/checkpoint.pt.")
 @click.option("--onnx/--no-onnx", default=None,
@@ -81,7 +83,7 @@ from pipeline.user_errors import USER_ERRORS
                    "cores) [default: when the onnx extra is installed].")
 @quiet_option()
 def main(head_dir, out_dir, data_root, features_path, finetune_mode, finetune_epochs, patience, lr, head_lr_mult,
-         optimizer, frozen_epochs, freeze_stages, train_bn, label_smoothing, crop_scale, flip, batch_size, workers,
+         optimizer, frozen_epochs, freeze_stages, train_bn, dropout, label_smoothing, crop_scale, flip, batch_size, workers,
          device, precision, seed, resume, onnx, quiet) -> None:
     """Fuse a trained head into its backbone, fine-tune end to end (optional), export and verify."""
     if onnx and not onnx_available():
@@ -90,7 +92,7 @@ def main(head_dir, out_dir, data_root, features_path, finetune_mode, finetune_ep
         finetune_epochs = AUTO_MAX_EPOCHS if finetune_epochs is None else finetune_epochs
         patience = AUTO_PATIENCE if patience is None else patience
     ft = FinetuneConfig(epochs=finetune_epochs or 0, lr=lr, head_lr_mult=head_lr_mult, optimizer=optimizer,
-                        frozen_epochs=frozen_epochs, freeze_stages=freeze_stages, train_bn=train_bn,
+                        frozen_epochs=frozen_epochs, freeze_stages=freeze_stages, train_bn=train_bn, dropout=dropout,
                         label_smoothing=label_smoothing, crop_scale=parse_crop_scale(crop_scale), flip=flip,
                         patience=patience, batch_size=batch_size, workers=workers, seed=seed, resume=resume,
                         progress=not quiet)

@@ -87,7 +87,7 @@ def test_frozen_stages_do_not_change(tmp_path):
     assert frozen == ["features.0", "features.1"]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.SGD(parameter_groups(model, "fc", 0.1, 10), lr=0.1, momentum=0.9)
-    set_train_mode(model, frozen)
+    set_train_mode(model, frozen, train_bn=True)
     assert not model.features[1].training and model.features[4].training
     _train_steps(model, opt)
     after = model.state_dict()
@@ -104,12 +104,22 @@ def test_batchnorm_statistics_kept_unless_train_bn():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.SGD(parameter_groups(model, "fc", 0.1, 10), lr=0.1)
     set_train_mode(model, [], train_bn=False)
-    assert not model.features[1].training and model.features[0].training
+    assert not model.features[1].training
     _train_steps(model, opt)
     after = model.state_dict()
     assert torch.equal(before["features.1.running_mean"], after["features.1.running_mean"])
     assert torch.equal(before["features.4.running_var"], after["features.4.running_var"])
     assert not torch.equal(before["features.1.weight"], after["features.1.weight"])  # BN affine still learns
+
+
+def test_dropout_runs_as_at_inference_unless_asked():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Dropout(0.5))
+    set_train_mode(model, [])
+    assert not model[1].training and not model[2].training
+    x = torch.randn(8, 4)
+    assert torch.equal(model(x), model(x))  # no random units dropped
+    set_train_mode(model, [], train_bn=True, dropout=True)
+    assert model[1].training and model[2].training
 
 
 @pytest.mark.parametrize("name, weights", [("tiny_cnn", "none"),

@@ -9,7 +9,7 @@ import pytest
 
 from features.store import FeatureFileError
 from pipeline.affine import HeadError, load_affine
-from pipeline.heads import HeadTrainingError, affine_of, cv_splits, make_estimator, sweep_jobs
+from pipeline.heads import HeadTrainingError, affine_of, choose_C, cv_splits, make_estimator, sweep_jobs
 from pipeline.predict_features import predict_split
 from pipeline.train_head import HeadConfig, train_head
 from tests.conftest import blobs, run_cli, write_feature_file
@@ -212,7 +212,6 @@ def test_torch_linear_head_is_a_scikit_learn_classifier():
 def test_C_sweep_is_scikit_learns_grid_search_with_image_folds(blob_file):
     """The sweep's curve equals a hand-run of the same folds, and ties go to the smaller C."""
     from pipeline.head_maths import best_C
-    from pipeline.heads import choose_C
 
     Xtr, ytr = blobs(30, 3, 16, seed=0)
     groups, clean = np.arange(len(ytr)), np.ones(len(ytr), bool)
@@ -245,3 +244,28 @@ def test_small_sweeps_run_serially_unless_asked():
     assert sweep_jobs(None, 245, 1280) == 1  # hymenoptera: worker start-up would cost more than the sweep
     assert sweep_jobs(None, 1000, 1280) == -1
     assert sweep_jobs(2, 245, 1280) == 2
+
+
+@pytest.mark.parametrize("n_per_class, n_classes, dim, spread", [(30, 2, 64, 12.0), (40, 5, 128, 12.0), (25, 10, 256, 12.0)])
+def test_warm_started_path_chooses_the_grid_search_C(n_per_class, n_classes, dim, spread):
+
+    X, y = blobs(n_per_class, n_classes, dim, seed=3, spread=spread)
+    args = (X, y, np.arange(len(y)), np.ones(len(y), bool), 5, 0, 1)
+    warm = choose_C(make_estimator("logreg", 1.0, None, 0), *args, warm_start=True)
+    grid = choose_C(make_estimator("logreg", 1.0, None, 0), *args, warm_start=False)
+    assert warm.C == grid.C
+    assert [s for _, s in warm.grid] == pytest.approx([s for _, s in grid.grid], abs=0.02)
+    assert min(s for _, s in grid.grid) < max(s for _, s in grid.grid)  # the curve has a choice to make
+
+
+@pytest.mark.slow
+def test_warm_started_path_chooses_the_grid_search_C_on_real_features(hymenoptera_lite0_views):
+    from features.store import FeatureFile
+
+    with FeatureFile(hymenoptera_lite0_views) as ff:
+        train = ff.read_split("train")
+    for rows in (train.view == 0, np.ones(len(train.labels), bool)):  # centre crops only, then with the views
+        args = (train.features[rows], train.labels[rows], train.image_index[rows], train.view[rows] == 0, 5, 0, 1)
+        warm = choose_C(make_estimator("logreg", 1.0, None, 0), *args, warm_start=True)
+        grid = choose_C(make_estimator("logreg", 1.0, None, 0), *args, warm_start=False)
+        assert warm.C == grid.C
