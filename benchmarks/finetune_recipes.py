@@ -30,7 +30,7 @@ VARIANTS = {
     "smoothing_0.1": dict(label_smoothing=0.1),
     "sgd": dict(optimizer="sgd", lr=1e-3),
     "sgd_lr1e-4": dict(optimizer="sgd", lr=1e-4),
-    "adamw_lr3e-4": dict(lr=3e-4),
+    "adamw_lr1e-4": dict(lr=1e-4),
     "adamw_lr3e-5": dict(lr=3e-5),
     "head_lr_x1": dict(head_lr_mult=1.0),
     "train_bn": dict(train_bn=True),
@@ -40,7 +40,6 @@ VARIANTS = {
     "frozen_1": dict(frozen_epochs=1),
     "top5": dict(freeze_stages=15),
     "sgd_top5": dict(optimizer="sgd", lr=1e-3, freeze_stages=15),
-    "adamw_lr1e-5": dict(lr=1e-5),
     "bf16": dict(),
 }
 

@@ -38,7 +38,7 @@ class FinetuneConfig:
     """
 
     epochs: int
-    lr: float = 1e-4
+    lr: float = 1e-5
     head_lr_mult: float = 10.0
     optimizer: str = "adamw"
     frozen_epochs: int = 0
