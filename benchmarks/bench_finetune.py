@@ -16,7 +16,7 @@ DIAGNOSIS = {
 DEFAULT_COMMAND_HEADS = ("hymenoptera", "hymenoptera-imagenet")
 
 
-def _prepare(out_dir: str) -> dict[str, str]:
+def prepare_heads(out_dir: str) -> dict[str, str]:
     """Feature files and heads the section starts from (made once, reused by later runs)."""
     digits = os.path.join(out_dir, "ft-digits")
     steps = []
@@ -53,7 +53,7 @@ def section_finetune(out_dir: str, quick: bool) -> list[str]:
     list of str
         The section's Markdown lines.
     """
-    heads = _prepare(out_dir)
+    heads = prepare_heads(out_dir)
     commands = []
     lines = ["## 11. Fine-tuning: the recipe, one change at a time (EfficientNet-Lite0, fp32, 2 cores)", "",
              "### Diagnosis: one change at a time", "",
@@ -64,7 +64,8 @@ def section_finetune(out_dir: str, quick: bool) -> list[str]:
              "dropout on, RandomResizedCrop 0.08-1, no warm-up. `sgd`: the default with SGD lr 1e-3; `dropout`: "
              "the default with dropout and drop-connect on. Digits fine-tune on a seeded sample of 400 of the 1347 train images to keep "
              "the table affordable; val is always the whole split.", "",
-             "| dataset | variant | val accuracy by epoch (0 = the fused head) | kept epoch | s |", "|---|---|---|---|---|"]
+             "| dataset | variant | val accuracy by epoch (0 = the fused head) | train loss by epoch | kept epoch | s |",
+             "|---|---|---|---|---|---|"]
     for dataset, (variants, epochs, max_train) in DIAGNOSIS.items():
         if quick:
             variants, epochs = variants.split(",")[0], 1
@@ -77,7 +78,8 @@ def section_finetune(out_dir: str, quick: bool) -> list[str]:
         with open(jsonl, encoding="utf-8") as fh:
             for record in map(json.loads, fh):
                 accs = " / ".join(f"{h['val_accuracy']:.3f}" for h in record["history"])
-                lines.append(f"| {dataset} ({record['train_images']} train) | {record['variant']} | {accs} | "
+                losses = " / ".join(f"{h['train_loss']:.3f}" for h in record["history"][1:])
+                lines.append(f"| {dataset} ({record['train_images']} train) | {record['variant']} | {accs} | {losses} | "
                              f"{record['best_epoch']} | {record['seconds']:.0f} |")
     lines += ["", "### The default command", "",
               "`python -m pipeline.fuse --head H --out M --finetune auto` on the whole train split: up to "

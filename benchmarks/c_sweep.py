@@ -1,6 +1,6 @@
 """Time the logreg C sweep on one feature file's training split, warm-started path against GridSearchCV.
 
-``python benchmarks/c_sweep.py FILE [SPLIT]`` prints JSON: each way's seconds (best of 3, alternating) and chosen C.
+``python benchmarks/c_sweep.py FILE [SPLIT [REPEATS]]`` prints JSON: each way's seconds (best of REPEATS, alternating) and chosen C.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from features.store import FeatureFile
 from pipeline.heads import choose_C, make_estimator
 
 
-def main(path: str, split: str = "train", repeats: int = 3) -> dict:
+def main(path: str, split: str = "train", repeats: int = 1) -> dict:
     with FeatureFile(path) as ff:
         train = ff.read_split(split)
     seconds = {"grid": [], "warm": []}
@@ -31,4 +31,4 @@ def main(path: str, split: str = "train", repeats: int = 3) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(*sys.argv[1:])))
+    print(json.dumps(main(sys.argv[1], *sys.argv[2:3], *[int(r) for r in sys.argv[3:4]])))

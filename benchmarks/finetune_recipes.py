@@ -1,6 +1,6 @@
 """Fine-tuning recipes compared one change at a time, from one fused head: per-epoch val accuracy and time.
 
-``python benchmarks/finetune_recipes.py --head HEAD_DIR --variants default,sgd_old --epochs 2 --json OUT``
+``python benchmarks/finetune_recipes.py --head HEAD_DIR --variants default,previous --epochs 2 --json OUT``
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+import tempfile
 import time
 from dataclasses import replace
 
@@ -56,7 +57,6 @@ def run_variant(head_dir: str, name: str, epochs: int, max_train: int | None, se
     cfg = replace(FinetuneConfig(epochs=epochs, seed=seed, progress=False), **VARIANTS[name])
     device = torch.device("cpu")
     precision = "bf16" if name == "bf16" else resolve_train_precision("auto", device)
-    import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         result = finetune(backbone, splits.root, train, splits.val, cfg, device, precision, tmp)
@@ -73,7 +73,7 @@ def run_variant(head_dir: str, name: str, epochs: int, max_train: int | None, se
 @click.option("--seed", default=0, type=int)
 @click.option("--json", "json_path", required=True, help="Append one JSON line per variant.")
 def main(head_dir, variants, epochs, max_train, seed, json_path) -> None:
-    torch.set_num_threads(torch.get_num_threads())
+    """Run each variant in turn; one JSON line per variant, one summary line on stderr."""
     for name in variants.split(","):
         record = run_variant(head_dir, name, epochs, max_train, seed)
         record["head"] = head_dir

@@ -41,16 +41,6 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU executes bf16 matrix maths natively (AVX512-BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def cpu_has_amx() -> bool:
     """True when the CPU has AMX tiles for bf16 matrix maths."""
     try:

@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from features.backbones import Backbone
@@ -340,9 +340,10 @@ def finetune(backbone: Backbone, root: str, train_items: list[tuple[str, int]], 
     The recipe (the README's Fine-tuning section gives the measurements behind it):
     ``cfg.frozen_epochs`` head-only epochs, then end to end; AdamW (or SGD) with the
     head at ``lr * head_lr_mult``; per-step linear warm-up then cosine decay over
-    ``cfg.epochs``; label smoothing; RandomResizedCrop with an area share chosen from
-    the images' resolution, and a horizontal flip; BatchNorm statistics frozen unless
-    ``cfg.train_bn``. A validation pass ends each epoch, then a checkpoint
+    ``cfg.epochs``; optional label smoothing; RandomResizedCrop with an area share
+    chosen from the images' resolution, and a horizontal flip unless ``cfg.flip`` is
+    off; BatchNorm statistics and dropout as at inference unless ``cfg.train_bn`` /
+    ``cfg.dropout``. A validation pass ends each epoch, then a checkpoint
     (``out_dir/checkpoint.pt``, tensors and plain values only). With ``cfg.patience``
     the run stops once that many epochs in a row have not beaten the best. With
     ``cfg.resume`` a checkpoint left by an interrupted run is continued, if it was

@@ -13,6 +13,7 @@ from pipeline.build_model import BuildConfig, build_model
 from pipeline.export import ONNX_PACKAGES, onnx_available
 from pipeline.filenames import MODEL_META
 from pipeline.finetune import OPTIMIZERS, FinetuneConfig
+from pipeline.user_errors import USER_ERRORS
 
 _D = FinetuneConfig(epochs=0)  # the defaults live in one place
 AUTO_MAX_EPOCHS = 10
@@ -35,7 +36,6 @@ def parse_crop_scale(text: str) -> tuple[float, float] | None:
     if not 0 < lo <= hi <= 1:
         raise click.BadParameter(f"{text!r} needs 0 < LO <= HI <= 1", param_hint="--crop-scale")
     return lo, hi
-from pipeline.user_errors import USER_ERRORS
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
