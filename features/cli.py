@@ -13,7 +13,8 @@ import sys
 import click
 
 from features.backbones import backbone_table
-from features.cli_common import (CONTEXT_SETTINGS, EXIT_BAD_INPUT, USER_ERRORS, batch_size_option, device_option,
+from features.cli_common import (CONTEXT_SETTINGS, EXIT_BAD_INPUT, USER_ERRORS, batch_size_option, default_features_path,
+                                 device_option,
                                  exit_codes, fail, precision_option, quiet_option, seed_option, workers_option)
 from features.distributed import shard_from_env
 from features.extract import ExtractConfig, extract
@@ -70,7 +71,7 @@ def extract_command(data_root, labels, image_column, label_column, unlabeled, ba
     if not data_root:
         fail("--data ROOT is required (or use --list-backbones)")
     if out_path is None:
-        out_path = f"{os.path.basename(os.path.normpath(data_root))}-{backbone}.h5"
+        out_path = default_features_path(data_root, backbone)
     try:
         shard = shard_from_env(os.environ)
     except ValueError as exc:

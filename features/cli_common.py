@@ -12,6 +12,7 @@ Exit codes, the same for every command:
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Callable, Iterator, NoReturn
 
@@ -94,3 +95,8 @@ def workers_option(default: int | None, help_text: str) -> Decorator:
 
 def quiet_option() -> Decorator:
     return click.option("--quiet", is_flag=True, help="No progress line.")
+
+
+def default_features_path(data_root: str, backbone: str) -> str:
+    """``ROOTNAME-BACKBONE.h5`` in the working directory: the feature file name when ``--out`` is not given."""
+    return f"{os.path.basename(os.path.normpath(data_root))}-{backbone}.h5"

@@ -266,8 +266,8 @@ def _load_checkpoint(path: str, cfg: FinetuneConfig, precision: str) -> dict:
 
 
 def _options(cfg: FinetuneConfig) -> dict:
-    # lists, as the checkpoint's plain values hold tuples
-    return {k: list(v) if isinstance(v, tuple) else v for k in RESUME_OPTIONS for v in [getattr(cfg, k)]}
+    options = {k: getattr(cfg, k) for k in RESUME_OPTIONS}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}  # as the checkpoint stores them
 
 
 def _save_checkpoint(path: str, state: dict) -> None:

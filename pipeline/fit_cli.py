@@ -6,21 +6,14 @@ It writes the same feature file and head folder as ``run_extract.py`` followed b
 
 from __future__ import annotations
 
-import os
-
 import click
 
-from features.cli_common import (CONTEXT_SETTINGS, batch_size_option, device_option, exit_codes, precision_option,
-                                 quiet_option, seed_option, workers_option)
+from features.cli_common import (CONTEXT_SETTINGS, batch_size_option, default_features_path, device_option, exit_codes,
+                                 precision_option, quiet_option, seed_option, workers_option)
 from features.extract import ExtractConfig, extract
 from pipeline.head_cli import parse_C
 from pipeline.train_head import HeadConfig, summary_lines, train_head
 from pipeline.user_errors import USER_ERRORS
-
-
-def default_features_path(data_root: str, backbone: str) -> str:
-    """``ROOTNAME-BACKBONE.h5`` in the working directory, as ``run_extract.py`` names it."""
-    return f"{os.path.basename(os.path.normpath(data_root))}-{backbone}.h5"
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
