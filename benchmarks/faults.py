@@ -180,8 +180,9 @@ def writer_fault(kind: str, data: str, work: str, reference: str, run_seconds: f
     if proc.poll() is None:
         proc.send_signal({"sigint": signal.SIGINT, "sigterm": signal.SIGTERM}.get(kind, signal.SIGKILL))
     _, err = proc.communicate(timeout=600)
-    # A signal that arrives before the handlers exist ends the process the default way (nothing begun).
-    if kind in ("sigint", "sigterm") and proc.returncode not in (0, 130, -signal.SIGTERM):
+    # A signal that arrives before the interpreter has set its handlers ends the process the default way
+    # (nothing begun; what is on disk is still checked below). One after the work is done is ignored: exit 0.
+    if kind in ("sigint", "sigterm") and proc.returncode not in (0, 130, -signal.SIGINT, -signal.SIGTERM):
         return Outcome(kind, f"FAILED: exit {proc.returncode}", err[-500:])
     if kind in ("sigint", "sigterm") and proc.returncode == 130 and not _clean_error(err):
         return Outcome(kind, "FAILED: not a one-line error", err[-500:])

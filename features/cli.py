@@ -125,4 +125,6 @@ def main(args: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from features.entry import guard_interrupts
+
+    guard_interrupts(main)

@@ -55,4 +55,6 @@ def fit_command(data_root, labels, backbone, weights, features_path, val_fractio
 
 
 if __name__ == "__main__":
-    fit_command()
+    from features.entry import guard_interrupts
+
+    guard_interrupts(fit_command)

@@ -106,4 +106,6 @@ def main(head_dir, out_dir, data_root, features_path, finetune_mode, finetune_ep
 
 
 if __name__ == "__main__":
-    main()
+    from features.entry import guard_interrupts
+
+    guard_interrupts(main)

@@ -235,4 +235,6 @@ def main(model_dir, inputs, fmt, top_k, template, out, runtime, batch_size) -> N
 
 
 if __name__ == "__main__":
-    main()
+    from features.entry import guard_interrupts
+
+    guard_interrupts(main)

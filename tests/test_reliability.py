@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -127,6 +128,25 @@ def test_signals_stop_between_batches(dataset, reference, tmp_path, sig):
     assert 8 <= state.done_images("train") < 40
     resumed = run_cli("run_extract.py", *_args(dataset, out))
     assert resumed.returncode == 0, resumed.stderr
+    assert_same_rows(out, reference)
+
+
+def test_ctrl_c_once_the_file_is_written_changes_nothing(dataset, reference, tmp_path):
+    """Ctrl-C during the interpreter's shutdown, after the final rename, used to print a traceback or kill it."""
+    out = str(tmp_path / "f.h5")
+    proc = subprocess.Popen([*EXTRACT, *_args(dataset, out)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    while not os.path.exists(out):
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.002)
+    sent = 0
+    while proc.poll() is None:  # keep pressing Ctrl-C until the process has gone
+        proc.send_signal(signal.SIGINT)
+        sent += 1
+        time.sleep(0.005)
+    _, err = proc.communicate()
+    assert sent > 0, "the process ended before any signal could be sent"
+    assert proc.returncode == 0 and "Traceback" not in err, (proc.returncode, err[-800:])
     assert_same_rows(out, reference)
 
 
