@@ -19,13 +19,10 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model_weights
 
+from features.errors import BackboneError
 from features.hashing import sha256_file
 from features.hooks import capture_features
 from features.preprocessing import IMAGENET_MEAN, IMAGENET_STD, TF_MEAN, TF_STD, Preprocessing
-
-
-class BackboneError(Exception):
-    """Unknown backbone or unusable weights argument; ``str(exc)`` is a one-line reason."""
 
 
 class WeightsUnavailable(BackboneError):

@@ -12,12 +12,9 @@ import sys
 
 import click
 
-from features.backbones import backbone_table
 from features.cli_common import (CONTEXT_SETTINGS, EXIT_BAD_INPUT, USER_ERRORS, batch_size_option, default_features_path,
                                  device_option,
                                  exit_codes, fail, precision_option, quiet_option, seed_option, workers_option)
-from features.distributed import shard_from_env
-from features.extract import ExtractConfig, extract
 from features.store import FeatureFile, FeatureFileError
 
 
@@ -65,6 +62,11 @@ def extract_command(data_root, labels, image_column, label_column, unlabeled, ba
     Launched with torchrun, each process extracts a block of every split and rank 0
     merges the blocks into --out (see the README's "Scaling out").
     """
+    # torch and torchvision load here, not at import: --help and verify start in a moment.
+    from features.backbones import backbone_table
+    from features.distributed import shard_from_env
+    from features.extract import ExtractConfig, extract
+
     if list_backbones:
         click.echo("\n".join(backbone_table()))
         return

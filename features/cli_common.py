@@ -18,9 +18,8 @@ from typing import Callable, Iterator, NoReturn
 
 import click
 
-from features.backbones import BackboneError
 from features.data import DatasetError
-from features.extract import ExtractionError
+from features.errors import BackboneError, ExtractionError
 from features.interrupt import Interrupted
 from features.locking import LockError
 from features.store import FeatureFileError

@@ -22,6 +22,7 @@ from features.backbones import Backbone, load_backbone
 from features.data import DatasetLayout, Sample, discover
 from features.devices import autocast, keep_freed_memory, resolve_device, resolve_precision
 from features.distributed import Shard, gather_from_ranks, process_group, shard_device
+from features.errors import ExtractionError
 from features.exclude import read_exclude
 from features.folding import fold_batchnorm
 from features.hooks import capture_features
@@ -32,10 +33,6 @@ from features.progress import Progress
 from features.identity import FeatureIdentity
 from features.store import PARTIAL_SUFFIX, file_attrs
 from features.writer import FeatureWriter, check_output_path, final_file_up_to_date, merge_shards, open_writer
-
-
-class ExtractionError(Exception):
-    """Extraction produced nothing usable; ``str(exc)`` says why."""
 
 
 @dataclass

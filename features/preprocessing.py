@@ -1,21 +1,23 @@
-"""Per-backbone image preprocessing: one record, turned into torchvision transforms."""
+"""Per-backbone image preprocessing: one record, turned into torchvision transforms.
+
+The record is part of every feature file's identity, which stage two reads without
+torch; torchvision is imported only when transforms are built.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
 from PIL import Image
-from torchvision.transforms import v2
 
 from features.images import load_rgb
 
-_INTERPOLATIONS = {
-    "bilinear": v2.InterpolationMode.BILINEAR,
-    "bicubic": v2.InterpolationMode.BICUBIC,
-    "nearest": v2.InterpolationMode.NEAREST,
-}
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
+
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,7 +72,7 @@ class Preprocessing:
         KeyError, ValueError, TypeError
             A missing or malformed field.
         """
-        if raw["interpolation"] not in _INTERPOLATIONS:
+        if raw["interpolation"] not in INTERPOLATIONS:
             raise ValueError(f"unknown interpolation {raw['interpolation']!r}")
         return cls(
             resize_size=int(raw["resize_size"]),
@@ -94,10 +96,13 @@ class Preprocessing:
 
     def eval_transform(self) -> v2.Compose:
         """Resize, centre crop, scale to [0, 1] and normalise a PIL RGB image."""
+        import torch
+        from torchvision.transforms import v2
+
         return v2.Compose(
             [
                 v2.PILToTensor(),
-                v2.Resize(self.resize_size, interpolation=_INTERPOLATIONS[self.interpolation], antialias=True),
+                v2.Resize(self.resize_size, interpolation=v2.InterpolationMode(self.interpolation), antialias=True),
                 v2.CenterCrop(self.crop_size),
                 v2.ToDtype(torch.float32, scale=True),
                 v2.Normalize(self.mean, self.std),
@@ -106,10 +111,13 @@ class Preprocessing:
 
     def train_transform(self, scale: tuple[float, float] = (0.08, 1.0), flip: bool = True) -> v2.Compose:
         """Random resized crop (area share ``scale``) and optional horizontal flip, then the same scaling and normalisation."""
+        import torch
+        from torchvision.transforms import v2
+
         steps = [
             v2.PILToTensor(),
             v2.RandomResizedCrop(
-                self.crop_size, scale=scale, interpolation=_INTERPOLATIONS[self.interpolation], antialias=True
+                self.crop_size, scale=scale, interpolation=v2.InterpolationMode(self.interpolation), antialias=True
             ),
         ]
         if flip:

@@ -12,13 +12,10 @@ import torch
 from torch import nn
 
 from features.hashing import sha256_file
+from pipeline.errors import ExportMismatch
 from pipeline.filenames import EXPORTED_PROGRAM, MODEL_META, ONNX, TORCHSCRIPT
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 ONNX_SINGLE_FILE_LIMIT = 2**31 - 2**26  # protobuf's 2 GiB, less room for the graph itself
-
-
-class ExportMismatch(Exception):
-    """An exported program disagrees with the eager model."""
 
 
 def _check(name: str, eager: torch.Tensor, exported: torch.Tensor, atol: float) -> float:

@@ -8,8 +8,12 @@ training data, and break a tie between values of C the same way.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # tensors come in from the torch heads; the scikit-learn heads run without torch
+    import torch
 
 
 class HeadTrainingError(Exception):

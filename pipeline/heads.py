@@ -9,8 +9,9 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import ConvergenceWarning
@@ -24,6 +25,9 @@ from sklearn.utils.validation import check_is_fitted, check_X_y
 from pipeline.affine import binary_to_two_rows, fold_scaler
 from pipeline.head_maths import (HeadTrainingError, balanced_class_weights, best_C, floored_scale, l2_penalty,
                                 standardised_init)
+
+if TYPE_CHECKING:  # torch is imported when a TorchLinearHead is fitted: the scikit-learn heads start without it
+    import torch
 
 C_GRID = np.logspace(-5, 2, 15)
 
@@ -93,6 +97,8 @@ class TorchLinearHead(ClassifierMixin, BaseEstimator):
         self.seed = seed
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "TorchLinearHead":
+        import torch
+
         X, y = check_X_y(X, y, dtype=np.float64)
         self.classes_, target = np.unique(y, return_inverse=True)
         n_classes, dim = len(self.classes_), X.shape[1]
@@ -120,6 +126,8 @@ class TorchLinearHead(ClassifierMixin, BaseEstimator):
     def _minimise(self, linear: torch.nn.Linear, Xs: torch.Tensor, target: torch.Tensor, W0s: torch.Tensor,
                   weights: torch.Tensor | None) -> None:
         """Full-batch L-BFGS on cross-entropy plus :func:`~pipeline.head_maths.l2_penalty`."""
+        import torch
+
         optimiser = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=self.epochs, tolerance_grad=1e-9,
                                       tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
 

@@ -16,15 +16,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch._dynamo  # noqa: F401 - the first optimiser step imports it (about 140 MB of code): load it before memory is measured
 
 from features.store import ROWS_PER_CHUNK, FeatureFile
 from pipeline.affine import fold_scaler
 from pipeline.head_maths import (HeadTrainingError, balanced_class_weights, best_C, check_classes, floored_scale,
-                                 l2_penalty, standardised_init)
+                                 standardised_init)
 from pipeline.heads import C_GRID
+
+if TYPE_CHECKING:
+    from pipeline.minibatch_head import MinibatchLinearHead
 
 # The C sweep trains one model per candidate in the same passes; every other value of
 # the in-memory grid keeps that affordable.
@@ -32,6 +35,13 @@ STREAMING_C_GRID = C_GRID[::2]
 HOLDOUT_FOLDS = 5  # one image in five is held out to choose C
 MINIBATCH = 256
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "M": 2**20, "MB": 2**20, "G": 2**30, "GB": 2**30, "T": 2**40, "TB": 2**40}
+
+
+def load_torch() -> None:
+    """Import torch and what an optimiser's first step loads lazily (``torch._dynamo``, about
+    140 MB of code), so that memory measured afterwards is the fit's own."""
+    import torch  # noqa: F401
+    import torch._dynamo  # noqa: F401
 
 
 def parse_memory(text: str) -> int:
@@ -203,60 +213,6 @@ def row_stats(stream: RowStream, n_classes: int, seed: int, floor: float = 0.1) 
     return RowStats(mean, floored_scale(std, floor), counts, rows, images, held)
 
 
-class MinibatchLinearHead:
-    """A linear head trained by Adam on minibatches, minimising the in-memory head's objective.
-
-    ``loss="multinomial"`` (``logreg``, ``linear``): cross-entropy + ``||W - W0||^2 / (2 C n)``,
-    which is ``LogisticRegression(C)``'s objective divided by ``C n`` (``W0 = 0``) and
-    :class:`~pipeline.heads.TorchLinearHead`'s. ``loss="squared_hinge"`` (``svm``):
-    one-vs-rest squared hinge + ``||W||^2 / (2 C n)``, as ``LinearSVC(C)``. The learning
-    rate decays to zero over the passes (cosine), so the last iterate settles.
-    """
-
-    def __init__(self, loss: str, C: float, n: int, n_classes: int, dim: int,
-                 init: tuple[np.ndarray, np.ndarray] | None, class_weight: np.ndarray | None, seed: int,
-                 lr: float = 0.01) -> None:
-        torch.manual_seed(seed)
-        self.loss = loss
-        self.linear = torch.nn.Linear(dim, n_classes)
-        W0 = torch.zeros(n_classes, dim) if init is None else torch.as_tensor(init[0], dtype=torch.float32)
-        b0 = torch.zeros(n_classes) if init is None else torch.as_tensor(init[1], dtype=torch.float32)
-        with torch.no_grad():
-            self.linear.weight.copy_(W0)
-            self.linear.bias.copy_(b0)
-        self.W0, self.C, self.n = W0, C, n
-        self.lr = lr
-        self.optimiser = torch.optim.Adam(self.linear.parameters(), lr=lr)
-        self.weight = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32)
-
-    def _data_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.loss == "multinomial":
-            return torch.nn.functional.cross_entropy(scores, y, weight=self.weight)
-        sign = torch.where(torch.nn.functional.one_hot(y, scores.shape[1]).bool(), 1.0, -1.0)
-        per_row = (torch.clamp(1.0 - sign * scores, min=0.0) ** 2).sum(1)
-        if self.weight is not None:
-            per_row = per_row * self.weight[y]
-        return per_row.mean()
-
-    def partial_fit(self, X: np.ndarray, y: np.ndarray, order: np.ndarray) -> None:
-        """Adam steps over ``X[order]`` in minibatches (only each minibatch is copied)."""
-        Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
-        for start in range(0, len(order), MINIBATCH):
-            rows = torch.as_tensor(order[start:start + MINIBATCH])
-            xb, yb = Xt[rows], yt[rows]
-            self.optimiser.zero_grad()
-            loss = self._data_loss(self.linear(xb), yb) + l2_penalty(self.linear.weight, self.W0, self.C, self.n)
-            loss.backward()
-            self.optimiser.step()
-
-    def end_pass(self, fraction_done: float) -> None:
-        for group in self.optimiser.param_groups:
-            group["lr"] = self.lr * 0.5 * (1 + np.cos(np.pi * fraction_done))
-
-    def coefficients(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.linear.weight.detach().double().numpy(), self.linear.bias.detach().double().numpy()
-
-
 def _holdout(image_index: np.ndarray, seed: int) -> np.ndarray:
     """Rows whose image is held out for choosing C: a fixed one-in-five by image, views included."""
     mixed = (image_index.astype(np.uint64) + np.uint64(seed * 7919)) * np.uint64(2654435761) % np.uint64(2**32)
@@ -307,6 +263,8 @@ def fit_streaming(stream: RowStream, clf: str, C: float | str, classes: list[str
     HeadTrainingError
         NaN/inf values, fewer than two classes, or a class without rows.
     """
+    from pipeline.minibatch_head import MinibatchLinearHead  # torch: see load_torch
+
     stats = row_stats(stream, len(classes), seed)
     check_classes(stats.counts, classes, stream.split)
     trainer = _PassTrainer(stream, stats, passes, seed)

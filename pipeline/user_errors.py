@@ -6,7 +6,7 @@ The exit codes themselves are defined in :mod:`features.cli_common`.
 from features.cli_common import USER_ERRORS as EXTRACTION_USER_ERRORS
 from pipeline.affine import HeadError
 from pipeline.audit import AuditError
-from pipeline.export import ExportMismatch
+from pipeline.errors import ExportMismatch
 from pipeline.head_maths import HeadTrainingError
 from pipeline.submission import SubmissionError
 
