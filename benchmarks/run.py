@@ -3,7 +3,8 @@
 ``python benchmarks/run.py [--quick] [--out BENCHMARKS.md]``
 
 ``--sections audit,phone`` runs only the named sections (``extraction``, ``time``, ``heads``,
-``memory``, ``precision``, ``scale``, ``audit``, ``phone``, ``onnx``, ``fold``, ``finetune``, ``sweep``; ``precision`` needs
+``memory``, ``precision``, ``scale``, ``audit``, ``phone``, ``onnx``, ``fold``, ``finetune``, ``sweep``,
+``startup``; ``precision`` needs
 ``extraction``)
 and replaces them in the existing file, each marked with its own command, date and machine.
 """
@@ -24,6 +25,7 @@ from benchmarks.bench_onnx import section_onnx
 from benchmarks.bench_phone import section_phone
 from benchmarks.bench_pipeline import section_head_scaling, section_time_to_accuracy
 from benchmarks.bench_scale import section_scale_out
+from benchmarks.bench_startup import section_startup
 from benchmarks.bench_sweep import section_sweep
 from benchmarks.common import HYMENOPTERA, REPO, machine_description
 
@@ -49,7 +51,7 @@ def main() -> None:
         return result
 
     wanted = set(args.sections.split(",")) if args.sections else None
-    known = {"extraction", "time", "heads", "memory", "precision", "scale", "audit", "phone", "onnx", "fold", "finetune", "sweep"}
+    known = {"extraction", "time", "heads", "memory", "precision", "scale", "audit", "phone", "onnx", "fold", "finetune", "sweep", "startup"}
     if wanted is not None and not wanted <= known:
         raise SystemExit(f"error: unknown sections {', '.join(sorted(wanted - known))} (known: {', '.join(sorted(known))})")
     steps = [("time", "time to accuracy", section_time_to_accuracy, (args.work, args.quick)),
@@ -61,7 +63,8 @@ def main() -> None:
              ("onnx", "onnx runtime", section_onnx, (args.work, args.quick)),
              ("fold", "batchnorm folding", section_fold, (args.work, args.quick)),
              ("finetune", "fine-tuning", section_finetune, (args.work, args.quick)),
-             ("sweep", "C sweep", section_sweep, (args.work, args.quick))]
+             ("sweep", "C sweep", section_sweep, (args.work, args.quick)),
+             ("startup", "start-up", section_startup, (args.work, args.quick))]
     if wanted is None or wanted & {"extraction", "precision"}:
         extraction, files, rates = timed("extraction", section_extraction, args.work, args.quick)
         sections.append(extraction)

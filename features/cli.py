@@ -15,6 +15,7 @@ import click
 from features.cli_common import (CONTEXT_SETTINGS, EXIT_BAD_INPUT, USER_ERRORS, batch_size_option, default_features_path,
                                  device_option,
                                  exit_codes, fail, precision_option, quiet_option, seed_option, workers_option)
+from features.entry import run_command
 from features.store import FeatureFile, FeatureFileError
 
 
@@ -121,12 +122,9 @@ def main(args: list[str] | None = None) -> None:
     """Dispatch: ``verify FILE...``, or an extraction (``run_extract.py --data ROOT ...``)."""
     args = sys.argv[1:] if args is None else args
     if args and args[0] == "verify":
-        verify.main(args[1:], prog_name="run_extract.py verify")
-    else:
-        extract_command.main(args, prog_name="run_extract.py")
+        run_command(verify, args[1:], prog_name="run_extract.py verify")
+    run_command(extract_command, args, prog_name="run_extract.py")
 
 
 if __name__ == "__main__":
-    from features.entry import guard_interrupts
-
-    guard_interrupts(main)
+    main()

@@ -1,21 +1,27 @@
 """How a command-line entry point starts and ends, whatever moment a Ctrl-C picks.
 
 - Ctrl-C while the libraries load: one line, exit 130.
-- Ctrl-C outside a command's own handling (option parsing, the closing summary): the same.
-- Ctrl-C once the command has finished: ignored. The interpreter's shutdown (torch's
-  ``atexit`` hooks among it) takes a noticeable moment, and a KeyboardInterrupt raised
-  there would print a traceback, or the default handler, restored during shutdown, would
-  kill a process whose work is already done and on disk.
+- Ctrl-C anywhere outside a command's own handling (option parsing, a lazy import, the
+  closing summary): the same. click, left to itself, would print "Aborted!" and exit 1.
+- Once the command has finished, its outputs closed and its lines flushed, the process
+  ends at once (``os._exit``) instead of tearing the interpreter down: with torch loaded
+  that teardown (torch's ``atexit`` hooks, then freeing every module) took 1.5 to 2 s, and
+  a Ctrl-C within it printed a traceback or killed the process by SIGINT. Where child
+  processes are still alive (joblib's workers), the ordinary exit runs so that they are
+  shut down; Ctrl-C is then ignored for that moment.
 
-Only the standard library is imported here, so this module loads before anything else.
+Only the standard library and click are imported here, so this module loads first.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
-from typing import Callable, NoReturn
+from typing import NoReturn
+
+import click
 
 EXIT_INTERRUPTED = 130  # the same code as ``features.cli_common.EXIT_INTERRUPTED``
 
@@ -25,35 +31,65 @@ def _interrupted(message: str) -> NoReturn:
     sys.exit(EXIT_INTERRUPTED)
 
 
-def guard_interrupts(command: Callable[[], object]) -> None:
-    """Run ``command`` (a click command or any callable); see the module docstring for Ctrl-C.
+def run_command(command: click.Command, args: list[str] | None = None, prog_name: str | None = None) -> NoReturn:
+    """Run a click command and end the process with its exit code; see the module docstring.
 
     Parameters
     ----------
-    command : callable
-        Called with no arguments; it may end with ``SystemExit``, which passes through.
+    command : click.Command
+        A command or group.
+    args : list of str, optional
+        Its arguments (``sys.argv[1:]`` when omitted).
+    prog_name : str, optional
+        The name shown in usage lines.
     """
     try:
-        command()
+        try:
+            result = command.main(args, prog_name=prog_name, standalone_mode=False)
+            code = result if isinstance(result, int) else 0
+        except click.Abort:  # click's form of a KeyboardInterrupt it met
+            raise KeyboardInterrupt from None
+        except click.ClickException as exc:  # a usage error: click's own message and exit code
+            exc.show()
+            code = exc.exit_code
+        except SystemExit as exc:  # the commands' own exits (features.cli_common.fail)
+            code = exc.code
     except KeyboardInterrupt:
-        _interrupted("interrupted")
+        print("error: interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
     finally:
-        # Python keeps an ignored SIGINT ignored through shutdown (it restores only handlers it set itself).
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the work is done: nothing is left to interrupt
+    _end(code)
+
+
+def _end(code: int | str | None) -> NoReturn:
+    """Flush the output streams and end the process without the interpreter's teardown."""
+    if isinstance(code, str):  # sys.exit("message"), as Python would report it
+        print(code, file=sys.stderr)
+        code = 1
+    code = 0 if code is None else code
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            pass
+    if "multiprocessing" in sys.modules and sys.modules["multiprocessing"].active_children():
+        sys.exit(code)  # the ordinary exit shuts joblib's workers down; SIGINT stays ignored meanwhile
+    os._exit(code)
 
 
 def run_entry_point(module: str, attribute: str = "main") -> None:
-    """Import ``module`` (where the slow library imports happen), then run its ``attribute`` guarded.
+    """Import ``module`` (where the slow library imports happen), then call its ``attribute``.
 
     Parameters
     ----------
     module : str
         Dotted module name, e.g. ``"features.cli"``.
     attribute : str
-        The callable in it to run.
+        A function of no arguments that ends in :func:`run_command`.
     """
     try:
-        command = getattr(importlib.import_module(module), attribute)
+        dispatch = getattr(importlib.import_module(module), attribute)
     except KeyboardInterrupt:
         _interrupted("interrupted before anything was started")
-    guard_interrupts(command)
+    dispatch()

@@ -10,7 +10,7 @@ import click
 
 from features.cli import extract_command, verify
 from features.cli_common import CONTEXT_SETTINGS
-from features.entry import guard_interrupts
+from features.entry import run_command
 from pipeline.fit_cli import fit_command
 from pipeline.fuse import main as fuse_command
 from pipeline.head_cli import audit, fit, predict
@@ -34,7 +34,7 @@ tlcache.add_command(predict_images, "predict")
 
 def main() -> None:
     """Console-script entry point (Ctrl-C handled as in ``features.entry``)."""
-    guard_interrupts(lambda: tlcache(prog_name="tlcache"))
+    run_command(tlcache, prog_name="tlcache")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,6 @@ def fit_command(data_root, labels, backbone, weights, features_path, val_fractio
 
 
 if __name__ == "__main__":
-    from features.entry import guard_interrupts
+    from features.entry import run_command
 
-    guard_interrupts(fit_command)
+    run_command(fit_command)

@@ -106,6 +106,6 @@ def main(head_dir, out_dir, data_root, features_path, finetune_mode, finetune_ep
 
 
 if __name__ == "__main__":
-    from features.entry import guard_interrupts
+    from features.entry import run_command
 
-    guard_interrupts(main)
+    run_command(main)

@@ -8,6 +8,7 @@ import sys
 import click
 
 from features.cli_common import CONTEXT_SETTINGS, exit_codes, fail, seed_option
+from features.entry import run_command
 from pipeline.audit import AuditConfig, audit_lines, run_audit
 from pipeline.predict_features import predict_split
 from pipeline.streaming import parse_memory
@@ -122,17 +123,11 @@ def audit(features_path, head_dir, out_dir, overwrite, data_root, neighbours, to
 def main(args: list[str] | None = None) -> None:
     """Dispatch: ``predict ...``, ``audit ...`` or ``fit ...``; anything else is ``fit`` (so ``--clf svm ...`` works)."""
     args = sys.argv[1:] if args is None else args
-    if args and args[0] == "predict":
-        predict.main(args[1:], prog_name="run_head.py predict")
-    elif args and args[0] == "audit":
-        audit.main(args[1:], prog_name="run_head.py audit")
-    elif args and args[0] == "fit":
-        fit.main(args[1:], prog_name="run_head.py fit")
-    else:
-        fit.main(args, prog_name="run_head.py")
+    subcommands = {"predict": predict, "audit": audit, "fit": fit}
+    if args and args[0] in subcommands:
+        run_command(subcommands[args[0]], args[1:], prog_name=f"run_head.py {args[0]}")
+    run_command(fit, args, prog_name="run_head.py")
 
 
 if __name__ == "__main__":
-    from features.entry import guard_interrupts
-
-    guard_interrupts(main)
+    main()

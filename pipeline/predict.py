@@ -235,6 +235,6 @@ def main(model_dir, inputs, fmt, top_k, template, out, runtime, batch_size) -> N
 
 
 if __name__ == "__main__":
-    from features.entry import guard_interrupts
+    from features.entry import run_command
 
-    guard_interrupts(main)
+    run_command(main)
