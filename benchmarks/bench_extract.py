@@ -11,11 +11,11 @@ from benchmarks.common import HYMENOPTERA, extraction_rate, head_val_accuracy, r
 from features.store import FeatureFile
 
 def full_path(out_dir: str, backbone: str, weights: str, precision: str, batch: int, data: str = HYMENOPTERA,
-              name: str | None = None):
+              name: str | None = None, extra: tuple[str, ...] = ()):
     out = os.path.join(out_dir, name or f"{backbone}-{precision}-b{batch}.h5")
     m = run_measured(["run_extract.py", "--data", data, "--backbone", backbone, "--weights", weights,
                       "--precision", precision, "--batch-size", str(batch), "--out", out, "--overwrite", "--quiet",
-                      "--report", out + ".json"])
+                      "--report", out + ".json", *extra])
     images, seconds = extraction_rate(out + ".json")
     return m, out, images / seconds
 

@@ -4,7 +4,7 @@
 
 ``--sections audit,phone`` runs only the named sections (``extraction``, ``time``, ``heads``,
 ``memory``, ``precision``, ``scale``, ``audit``, ``phone``, ``onnx``, ``fold``, ``finetune``, ``sweep``,
-``startup``; ``precision`` needs
+``startup``, ``decode``; ``precision`` needs
 ``extraction``)
 and replaces them in the existing file, each marked with its own command, date and machine.
 """
@@ -18,6 +18,7 @@ import re
 import time
 
 from benchmarks.bench_audit import section_audit
+from benchmarks.bench_decode import section_decode
 from benchmarks.bench_finetune import section_finetune
 from benchmarks.bench_extract import section_extraction, section_memory, section_precision
 from benchmarks.bench_fold import section_fold
@@ -51,7 +52,7 @@ def main() -> None:
         return result
 
     wanted = set(args.sections.split(",")) if args.sections else None
-    known = {"extraction", "time", "heads", "memory", "precision", "scale", "audit", "phone", "onnx", "fold", "finetune", "sweep", "startup"}
+    known = {"extraction", "time", "heads", "memory", "precision", "scale", "audit", "phone", "onnx", "fold", "finetune", "sweep", "startup", "decode"}
     if wanted is not None and not wanted <= known:
         raise SystemExit(f"error: unknown sections {', '.join(sorted(wanted - known))} (known: {', '.join(sorted(known))})")
     steps = [("time", "time to accuracy", section_time_to_accuracy, (args.work, args.quick)),
@@ -64,7 +65,8 @@ def main() -> None:
              ("fold", "batchnorm folding", section_fold, (args.work, args.quick)),
              ("finetune", "fine-tuning", section_finetune, (args.work, args.quick)),
              ("sweep", "C sweep", section_sweep, (args.work, args.quick)),
-             ("startup", "start-up", section_startup, (args.work, args.quick))]
+             ("startup", "start-up", section_startup, (args.work, args.quick)),
+             ("decode", "decode overlap", section_decode, (args.work, args.quick))]
     if wanted is None or wanted & {"extraction", "precision"}:
         extraction, files, rates = timed("extraction", section_extraction, args.work, args.quick)
         sections.append(extraction)

@@ -29,6 +29,7 @@ from features.hooks import capture_features
 from features.images import UnreadableImage
 from features.interrupt import StopRequest, stop_between_batches
 from features.locking import output_lock
+from features.prefetch import prefetched
 from features.progress import Progress
 from features.identity import FeatureIdentity
 from features.store import PARTIAL_SUFFIX, file_attrs
@@ -52,6 +53,7 @@ class ExtractConfig:
     weights: str = "DEFAULT"
     batch_size: int = 32
     workers: int | None = None
+    decode: str = "turn"  # "turn": between batches; "thread": one batch ahead in a thread
     device: str = "auto"
     precision: str = "auto"
     dtype: str = "float32"
@@ -185,6 +187,10 @@ def _keep_as_list(batch):
     return batch
 
 
+def _one_torch_thread() -> None:
+    torch.set_num_threads(1)  # OpenMP's thread count is per thread: the forward pass keeps its own
+
+
 def _single_threaded_worker(_worker_id: int) -> None:
     # Transforms in a worker must not start their own thread pool: the cores belong to the forward pass.
     torch.set_num_threads(1)
@@ -236,8 +242,13 @@ def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample],
     progress = Progress(len(dataset), f"{split}", enabled=cfg.progress and (cfg.shard is None or cfg.shard.rank == 0))
     started = time.perf_counter()
     model = backbone.model
-    with torch.inference_mode(), capture_features(model, backbone.spec) as capture:
-        for batch in loader:
+    with contextlib.ExitStack() as stack:
+        batches = loader
+        if cfg.decode == "thread" and workers == 0:
+            batches = stack.enter_context(contextlib.closing(prefetched(loader, 2, _one_torch_thread)))
+        stack.enter_context(torch.inference_mode())
+        capture = stack.enter_context(capture_features(model, backbone.spec))
+        for batch in batches:
             good = [(idx, t) for idx, t, _ in batch if t is not None]
             skipped = [(samples[idx].path, reason) for idx, t, reason in batch if t is None]
             feats = np.zeros((0, backbone.feature_dim), dtype=np.float32)

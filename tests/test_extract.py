@@ -82,6 +82,22 @@ def test_bad_files_are_skipped_with_reasons(tmp_path):
     assert any("skipped train/a/empty.jpg: empty file" in line for line in summary.lines())
 
 
+def test_decoding_in_a_thread_gives_the_same_rows(tmp_path):
+    root = make_imagefolder(str(tmp_path / "d"), {"train": {"a": 7, "b": 6}, "val": {"a": 3, "b": 3}})
+    (tmp_path / "d/train/a/notes.jpg").write_text("not an image")
+    files = {}
+    for decode in ("turn", "thread"):
+        files[decode] = str(tmp_path / f"{decode}.h5")
+        _extract(root, files[decode], views=2, batch_size=4, decode=decode)
+    with FeatureFile(files["turn"]) as a, FeatureFile(files["thread"]) as b:
+        for split in a.splits:
+            x, y = a.read_split(split), b.read_split(split)
+            np.testing.assert_array_equal(x.features, y.features)  # augmented views too: same seeds, same crops
+            np.testing.assert_array_equal(x.image_index, y.image_index)
+            assert x.skipped == y.skipped and list(x.paths) == list(y.paths)
+        assert [path for path, _ in a.read_split("train").skipped] == ["train/a/notes.jpg"]
+
+
 def test_nothing_readable_is_an_error_and_leaves_no_file(tmp_path):
     (tmp_path / "d/a").mkdir(parents=True)
     (tmp_path / "d/a/x.jpg").write_bytes(b"")

@@ -1,0 +1,56 @@
+"""Section on overlapping decoding with the forward pass: decoding in turn against a decode thread."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.bench_extract import full_path
+from benchmarks.common import run_measured
+
+
+def _forward(backbone: str, weights: str, fold: int):
+    m = run_measured(["benchmarks/forward_only.py", backbone, weights, "fp32", "32", str(fold), "128"])
+    return m, json.loads(m.stdout)["images_per_second"]
+
+
+def section_decode(out_dir: str, quick: bool) -> list[str]:
+    """Full-path rate with ``--decode turn`` and ``--decode thread`` against the forward-only rate.
+
+    Parameters
+    ----------
+    out_dir : str
+        Work folder for the feature files.
+    quick : bool
+        Lite0 only, one repeat (a smoke run, not for quoting).
+
+    Returns
+    -------
+    list of str
+        The section's Markdown lines.
+    """
+    configs = [("efficientnet_lite0", "DEFAULT")] + ([] if quick else [("resnet50", "none")])
+    repeats = 1 if quick else 2
+    lines = ["## 14. Decoding in turn or in a thread (hymenoptera, 398 images, fp32, batch 32)", "",
+             "Forward-only: 128 preprocessed val images through the network as built and with BatchNorm folded "
+             "(what extraction runs). Full path: `run_extract.py` rate over its extraction loops, decoding "
+             f"between batches (`--decode turn`) or in a thread one batch ahead (`--decode thread`); the two "
+             f"alternate, best of {repeats}. Ratios are against the forward pass as built, the issue's yardstick.",
+             "", "| backbone | forward as built img/s | folded img/s | turn img/s | thread img/s | turn / built | "
+             "thread / built | thread / turn |", "|---|---|---|---|---|---|---|---|"]
+    commands = []
+    for backbone, weights in configs:
+        built_m, built = _forward(backbone, weights, 0)
+        folded_m, folded = _forward(backbone, weights, 1)
+        commands += [built_m.command, folded_m.command]
+        rates = {"turn": [], "thread": []}
+        for _ in range(repeats):
+            for mode in rates:
+                m, _, rate = full_path(out_dir, backbone, weights, "fp32", 32, name=f"decode-{backbone}-{mode}.h5",
+                                       extra=("--decode", mode))
+                rates[mode].append(rate)
+                if len(rates[mode]) == 1:
+                    commands.append(m.command)
+        turn, thread = max(rates["turn"]), max(rates["thread"])
+        lines.append(f"| {backbone} ({weights}) | {built:.1f} | {folded:.1f} | {turn:.1f} | {thread:.1f} | "
+                     f"{turn / built:.2f} | {thread / built:.2f} | {thread / turn:.2f}x |")
+    return lines + ["", "```"] + commands + ["```", ""]
