@@ -19,6 +19,7 @@ from typing import Callable, Iterator, NoReturn
 import click
 
 from features.data import DatasetError
+from features.entry import EXIT_INTERRUPTED
 from features.errors import BackboneError, ExtractionError
 from features.interrupt import Interrupted
 from features.locking import LockError
@@ -28,7 +29,6 @@ from features.writer import WriteFailed
 EXIT_NOTHING_READABLE = 1
 EXIT_BAD_INPUT = 2
 EXIT_WRITE_FAILED = 4
-EXIT_INTERRUPTED = 130
 
 # Failures a user can cause in stage one; stage two adds its own (pipeline.cli_errors).
 USER_ERRORS: tuple[type[Exception], ...] = (DatasetError, BackboneError, FeatureFileError, LockError, ValueError)

@@ -23,7 +23,7 @@ from typing import NoReturn
 
 import click
 
-EXIT_INTERRUPTED = 130  # the same code as ``features.cli_common.EXIT_INTERRUPTED``
+EXIT_INTERRUPTED = 130  # in the exit-code table of features.cli_common
 
 
 def _interrupted(message: str) -> NoReturn:

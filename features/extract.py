@@ -187,12 +187,9 @@ def _keep_as_list(batch):
     return batch
 
 
-def _one_torch_thread() -> None:
-    torch.set_num_threads(1)  # OpenMP's thread count is per thread: the forward pass keeps its own
-
-
-def _single_threaded_worker(_worker_id: int) -> None:
-    # Transforms in a worker must not start their own thread pool: the cores belong to the forward pass.
+def _single_threaded_worker(_worker_id: int = 0) -> None:
+    # Transforms in a worker (or the decode thread: OpenMP's thread count is per thread) must not start
+    # their own thread pool: the cores belong to the forward pass.
     torch.set_num_threads(1)
 
 
@@ -245,7 +242,7 @@ def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample],
     with contextlib.ExitStack() as stack:
         batches = loader
         if cfg.decode == "thread" and workers == 0:
-            batches = stack.enter_context(contextlib.closing(prefetched(loader, 2, _one_torch_thread)))
+            batches = stack.enter_context(contextlib.closing(prefetched(loader, 2, _single_threaded_worker)))
         stack.enter_context(torch.inference_mode())
         capture = stack.enter_context(capture_features(model, backbone.spec))
         for batch in batches:
@@ -316,6 +313,8 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         raise ValueError("--views must be >= 0, --batch-size >= 1 and --limit >= 1")
     if cfg.dtype not in ("float32", "float16"):
         raise ValueError(f"--dtype must be float32 or float16, got {cfg.dtype!r}")
+    if cfg.decode not in ("turn", "thread") or (cfg.decode == "thread" and cfg.workers):
+        raise ValueError("--decode is turn or thread, and thread decodes without --workers (drop one of the two)")
     device = resolve_device(cfg.device)
     if cfg.shard is not None:
         device = shard_device(cfg.shard, device)

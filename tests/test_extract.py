@@ -96,6 +96,8 @@ def test_decoding_in_a_thread_gives_the_same_rows(tmp_path):
             np.testing.assert_array_equal(x.image_index, y.image_index)
             assert x.skipped == y.skipped and list(x.paths) == list(y.paths)
         assert [path for path, _ in a.read_split("train").skipped] == ["train/a/notes.jpg"]
+    with pytest.raises(ValueError, match="without --workers"):
+        _extract(root, str(tmp_path / "both.h5"), decode="thread", workers=1)
 
 
 def test_nothing_readable_is_an_error_and_leaves_no_file(tmp_path):
