@@ -11,11 +11,11 @@ from benchmarks.common import HYMENOPTERA, extraction_rate, head_val_accuracy, r
 from features.store import FeatureFile
 
 def full_path(out_dir: str, backbone: str, weights: str, precision: str, batch: int, data: str = HYMENOPTERA,
-              name: str | None = None, extra: tuple[str, ...] = ()):
+              name: str | None = None, extra: tuple[str, ...] = (), env: dict | None = None):
     out = os.path.join(out_dir, name or f"{backbone}-{precision}-b{batch}.h5")
     m = run_measured(["run_extract.py", "--data", data, "--backbone", backbone, "--weights", weights,
                       "--precision", precision, "--batch-size", str(batch), "--out", out, "--overwrite", "--quiet",
-                      "--report", out + ".json", *extra])
+                      "--report", out + ".json", *extra], env=env)
     images, seconds = extraction_rate(out + ".json")
     return m, out, images / seconds
 
@@ -87,7 +87,7 @@ def _time_split() -> tuple[list[str], list[str]]:
     return lines, commands
 
 
-def _copies(out_dir: str, factor: int) -> str:
+def hymenoptera_copies(out_dir: str, factor: int) -> str:
     """A dataset ``factor`` times hymenoptera's train split, as symlinks (the files are real images)."""
     root = os.path.join(out_dir, f"hymenoptera_x{factor}")
     if os.path.isdir(root):
@@ -109,7 +109,7 @@ def section_memory(out_dir: str, quick: bool) -> list[str]:
     lines = ["## 4. Memory vs dataset size (efficientnet_lite0, bf16 for speed, batch 32)", "",
              "| dataset | images | peak RSS MB | command wall s |", "|---|---|---|---|"]
     commands = []
-    for label, data in (("hymenoptera", HYMENOPTERA), (f"hymenoptera x{factor}", _copies(out_dir, factor))):
+    for label, data in (("hymenoptera", HYMENOPTERA), (f"hymenoptera x{factor}", hymenoptera_copies(out_dir, factor))):
         m, path, _ = full_path(out_dir, "efficientnet_lite0", "DEFAULT", "bf16", 32, data=data,
                                name=f"memory-{os.path.basename(data)}.h5")
         images, _ = extraction_rate(path + ".json")
@@ -147,4 +147,66 @@ def section_precision(out_dir: str, files: dict, rates: dict) -> list[str]:
         full = rates[(backbone, "bf16", "full")] / rates[(backbone, "fp32", "full")]
         lines.append(f"| {backbone} | {fwd:.2f}x | {full:.2f}x | {cos.min():.5f} / {cos.mean():.5f} | {accs[0]} | {accs[1]} |")
     lines += ["", "```"] + commands + ["```", ""]
+    return lines
+
+
+def _digits(out_dir: str) -> str:
+    """The demo's digits ImageFolder (1347 train, 450 val), written once."""
+    from features.demo_data import write_digits_imagefolder
+
+    root = os.path.join(out_dir, "digits")
+    if not os.path.isdir(root):
+        write_digits_imagefolder(root)
+    return root
+
+
+def _paired(out_dir: str, label: str, data: str, seeds: int, extra: tuple[str, ...] = ()) -> tuple[dict, dict, list[str]]:
+    """Extract ``data`` in fp32 and bf16; the evidence script's JSON, the two rates, the commands."""
+    paths, rates, commands = {}, {}, []
+    for precision in ("fp32", "bf16"):
+        m, paths[precision], rates[precision] = full_path(out_dir, "efficientnet_lite0", "DEFAULT", precision, 32,
+                                                          data=data, name=f"evidence-{label}-{precision}.h5",
+                                                          extra=extra)
+        commands.append(m.command)
+    m = run_measured(["benchmarks/precision_evidence.py", paths["fp32"], paths["bf16"], str(seeds)])
+    commands.append(m.command)
+    return json.loads(m.stdout), rates, commands
+
+
+def section_precision_evidence(out_dir: str, quick: bool) -> list[str]:
+    """bf16 against fp32 extraction over many resplits of two datasets, and with augmented views over seeds."""
+    seeds = 3 if quick else 10
+    lines = ["## 15. bf16 or fp32 extraction by default on the CPU: accuracy over resplits and seeds "
+             "(efficientnet_lite0, logreg)", "",
+             "Each dataset is extracted twice, `--precision fp32` and `--precision bf16`. Each seed pools every "
+             "labeled image, draws a stratified train/val split of the original val share, chooses C by 5-fold CV "
+             "on train and scores val, with the same split for both precisions (`benchmarks/precision_evidence.py`). "
+             "The views rows keep hymenoptera's own split and extract 4 augmented views per training image with "
+             "`--seed S`, the case that once weighed against bf16.", "",
+             "| dataset | runs | fp32 mean val acc | bf16 mean val acc | bf16 - fp32 (images per run) | "
+             "bf16 better / same / worse | val predictions that differ | cosine min / mean | full path bf16 / fp32 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    commands = []
+    cases = [("hymenoptera", HYMENOPTERA, seeds, ())] + [("digits", _digits(out_dir), seeds, ())]
+    cases += [(f"hymenoptera views 4 seed {s}", HYMENOPTERA, 1, ("--views", "4", "--seed", str(s)))
+              for s in range(1 if quick else 3)]
+    totals = {"fp32": [], "bf16": []}
+    for label, data, n, extra in cases:
+        evidence, rates, cmds = _paired(out_dir, label.replace(" ", "-"), data, n, extra)
+        commands += cmds
+        runs = evidence["runs"]
+        fp, bf = (np.array([r[p]["accuracy"] for r in runs]) for p in ("fp32", "bf16"))
+        totals["fp32"] += list(fp)
+        totals["bf16"] += list(bf)
+        images = runs[0]["val_images"]
+        diff = (bf - fp) * images
+        lines.append(f"| {label} | {len(runs)} | {fp.mean():.4f} | {bf.mean():.4f} | {diff.mean():+.2f} | "
+                     f"{int((diff > 0.5).sum())} / {int((abs(diff) < 0.5).sum())} / {int((diff < -0.5).sum())} | "
+                     f"{sum(r['disagree'] for r in runs)} of {images * len(runs)} | "
+                     f"{evidence['cosine_min']:.5f} / {evidence['cosine_mean']:.5f} | "
+                     f"{rates['bf16'] / rates['fp32']:.2f}x |")
+    fp, bf = np.array(totals["fp32"]), np.array(totals["bf16"])
+    lines += ["", f"Over all {len(fp)} runs: fp32 {fp.mean():.4f}, bf16 {bf.mean():.4f} mean val accuracy; "
+              f"bf16 better in {int((bf > fp).sum())}, equal in {int((bf == fp).sum())}, worse in {int((bf < fp).sum())}.",
+              "", "```"] + commands + ["```", ""]
     return lines

@@ -26,14 +26,15 @@ class Measured:
     stdout: str
 
 
-def run_measured(args: list[str], cwd: str = REPO) -> Measured:
-    """Run ``python ARGS...`` as a child process; wall time and that child's peak RSS.
+def run_measured(args: list[str], cwd: str = REPO, env: dict | None = None) -> Measured:
+    """Run ``python ARGS...`` as a child process (``env`` added to the environment); wall time and
+    that child's peak RSS.
 
     Peak RSS comes from ``wait4``'s resource usage of that one child, so earlier
     children do not leak into it.
     """
     cmd = [sys.executable, *args]
-    env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1", **(env or {}))
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err, text=True)

@@ -40,8 +40,11 @@ from features.store import FeatureFile, FeatureFileError
 @workers_option(None, "DataLoader decode workers [default: 0 on 2 CPU cores, more on larger machines and GPUs].")
 @click.option("--decode", type=click.Choice(["turn", "thread"]), default="turn", show_default=True,
               help="Without workers: decode between batches, or in a thread one batch ahead of the model.")
+@click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="torch.compile the backbone. auto: on the CPU, only when the forward passes left (timed on the "
+                   "first batches) save more than its warm-up of about 30 s.")
 @device_option()
-@precision_option("auto: fp16 autocast on CUDA, fp32 on CPU.")
+@precision_option("Extraction autocast; auto: fp16 on CUDA, bf16 on CPUs with native bf16 (AMX, AVX512-BF16), else fp32.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Storage type of the features.")
 @click.option("--views", default=0, show_default=True, type=click.IntRange(min=0),
@@ -58,7 +61,7 @@ from features.store import FeatureFile, FeatureFileError
 @click.option("--report", "report_path", default=None, help="Also write the summary as JSON to this file.")
 @click.option("--list-backbones", is_flag=True, help="List the registered backbones and exit.")
 def extract_command(data_root, labels, image_column, label_column, unlabeled, backbone, weights, out_path, batch_size,
-                    workers, decode, device, precision, dtype, views, val_fraction, seed, overwrite, limit, exclude, quiet,
+                    workers, decode, compile_mode, device, precision, dtype, views, val_fraction, seed, overwrite, limit, exclude, quiet,
                     report_path, list_backbones) -> None:
     """Extract pooled features of a frozen pretrained backbone into an HDF5 file (stage one).
 
@@ -82,7 +85,7 @@ def extract_command(data_root, labels, image_column, label_column, unlabeled, ba
     except ValueError as exc:
         fail(str(exc))
     cfg = ExtractConfig(data_root=data_root, out_path=out_path, backbone=backbone, weights=weights,
-                        batch_size=batch_size, workers=workers, decode=decode, device=device, precision=precision, dtype=dtype,
+                        batch_size=batch_size, workers=workers, decode=decode, compile=compile_mode, device=device, precision=precision, dtype=dtype,
                         views=views, val_fraction=val_fraction, seed=seed, overwrite=overwrite, limit=limit,
                         progress=not quiet, shard=shard, exclude=exclude, labels=labels, image_column=image_column,
                         label_column=label_column, unlabeled=tuple(unlabeled))

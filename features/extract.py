@@ -20,10 +20,11 @@ from torch.utils.data import DataLoader, Dataset
 import features
 from features.backbones import Backbone, load_backbone
 from features.data import DatasetLayout, Sample, discover
-from features.devices import autocast, keep_freed_memory, resolve_device, resolve_precision
+from features.devices import keep_freed_memory, resolve_device, resolve_precision
 from features.distributed import Shard, gather_from_ranks, process_group, shard_device
 from features.errors import ExtractionError
 from features.exclude import read_exclude
+from features.compiling import COMPILE_MODES, BatchForward
 from features.folding import fold_batchnorm
 from features.hooks import capture_features
 from features.images import UnreadableImage
@@ -54,6 +55,7 @@ class ExtractConfig:
     batch_size: int = 32
     workers: int | None = None
     decode: str = "turn"  # "turn": between batches; "thread": one batch ahead in a thread
+    compile: str = "auto"  # torch.compile: "auto" where its warm-up is repaid (features.compiling), "on", "off"
     device: str = "auto"
     precision: str = "auto"
     dtype: str = "float32"
@@ -224,7 +226,7 @@ def _file_attrs(cfg: ExtractConfig, layout: DatasetLayout, splits: dict[str, lis
 
 
 def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample], offset: int, backbone: Backbone,
-               device: torch.device, precision: str, views: int, cfg: ExtractConfig, workers: int,
+               device: torch.device, forward: BatchForward, views: int, cfg: ExtractConfig, workers: int,
                stop: StopRequest) -> tuple[int, float]:
     """Extract the unfinished part of one split (or of this rank's block of it, starting at
     split index ``offset``); returns (images processed, seconds).
@@ -238,13 +240,12 @@ def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample],
                         worker_init_fn=_single_threaded_worker, prefetch_factor=4 if workers else None)
     progress = Progress(len(dataset), f"{split}", enabled=cfg.progress and (cfg.shard is None or cfg.shard.rank == 0))
     started = time.perf_counter()
-    model = backbone.model
     with contextlib.ExitStack() as stack:
         batches = loader
         if cfg.decode == "thread" and workers == 0:
             batches = stack.enter_context(contextlib.closing(prefetched(loader, 2, _single_threaded_worker)))
         stack.enter_context(torch.inference_mode())
-        capture = stack.enter_context(capture_features(model, backbone.spec))
+        capture = stack.enter_context(capture_features(backbone.model, backbone.spec))
         for batch in batches:
             good = [(idx, t) for idx, t, _ in batch if t is not None]
             skipped = [(samples[idx].path, reason) for idx, t, reason in batch if t is None]
@@ -254,9 +255,7 @@ def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample],
             if good:
                 x = torch.cat([t for _, t in good]).to(device, non_blocking=True)
                 x = x.contiguous(memory_format=torch.channels_last)
-                with autocast(device, precision):
-                    model(x)
-                feats = capture.pop().float().cpu().numpy()
+                feats = forward(x, len(good), capture).float().cpu().numpy()
                 per_image = views + 1
                 rows_index = np.repeat([idx for idx, _ in good], per_image).astype(np.int64)  # into samples
                 rows_view = np.tile(np.arange(per_image, dtype=np.int16), len(good))
@@ -315,6 +314,8 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         raise ValueError(f"--dtype must be float32 or float16, got {cfg.dtype!r}")
     if cfg.decode not in ("turn", "thread") or (cfg.decode == "thread" and cfg.workers):
         raise ValueError("--decode is turn or thread, and thread decodes without --workers (drop one of the two)")
+    if cfg.compile not in COMPILE_MODES:
+        raise ValueError(f"--compile is {', '.join(COMPILE_MODES)}, got {cfg.compile!r}")
     device = resolve_device(cfg.device)
     if cfg.shard is not None:
         device = shard_device(cfg.shard, device)
@@ -372,6 +373,7 @@ class _SplitRunner:
     precision: str
     views_split: str | None
     stop: StopRequest
+    notes: list[str] = field(default_factory=list)
 
     def __call__(self, writer: FeatureWriter, splits: dict[str, list[Sample]],
                  offsets: dict[str, int]) -> dict[str, tuple[int, float]]:
@@ -379,12 +381,18 @@ class _SplitRunner:
         keep_freed_memory()
         self.backbone.model.to(self.device).to(memory_format=torch.channels_last)
         workers = default_workers(self.device) if self.cfg.workers is None else self.cfg.workers
+        todo = [split for split in splits if not writer.split_complete(split)]
+        forward = BatchForward(self.backbone.model, self.cfg.compile, self.device, self.precision,
+                               self.cfg.batch_size * (self.cfg.views + 1),
+                               sum(len(splits[s]) - writer.done_images(s) for s in todo))
         timings = {}
-        for split, samples in splits.items():
-            if not writer.split_complete(split):
+        try:
+            for split in todo:
                 views = self.cfg.views if split == self.views_split else 0
-                timings[split] = _run_split(writer, split, self.layout, samples, offsets[split], self.backbone,
-                                            self.device, self.precision, views, self.cfg, workers, self.stop)
+                timings[split] = _run_split(writer, split, self.layout, splits[split], offsets[split], self.backbone,
+                                            self.device, forward, views, self.cfg, workers, self.stop)
+        finally:
+            self.notes += forward.notes
         return timings
 
 
@@ -412,6 +420,7 @@ def _extract_single(cfg: ExtractConfig, splits: dict[str, list[Sample]], attrs: 
         return summary
     try:
         timings = run(state.writer, splits, {split: 0 for split in splits})
+        summary.notes += run.notes
         _finish(state.writer, summary, splits, timings, run.layout.root)
     finally:
         state.writer.close()
@@ -435,6 +444,7 @@ def _extract_sharded(cfg: ExtractConfig, shard: Shard, splits: dict[str, list[Sa
         try:
             mine = {split: splits[split][a:b] for split, (a, b) in blocks.items()}
             timings = run(state.writer, mine, {split: a for split, (a, b) in blocks.items()})
+            summary.notes += run.notes
             state.writer.finalize()
         finally:
             state.writer.close()

@@ -29,7 +29,7 @@ from pipeline.user_errors import USER_ERRORS
 @batch_size_option(32)
 @workers_option(None, "DataLoader decode workers [default: by machine].")
 @device_option()
-@precision_option("Extraction autocast; auto: fp16 on CUDA, fp32 on CPU.")
+@precision_option("Extraction autocast; auto: fp16 on CUDA, bf16 on CPUs with native bf16 (AMX, AVX512-BF16), else fp32.")
 @click.option("--clf", type=click.Choice(["svm", "logreg", "linear"]), default="logreg", show_default=True)
 @click.option("--C", "C", default="auto", show_default=True, callback=parse_C,
               help="Inverse regularisation, or auto: chosen by K-fold CV on train.")

@@ -53,7 +53,9 @@ def tiny_pipeline(tmp_path) -> tuple[str, str, str]:
 
     data = make_imagefolder(str(tmp_path / "data"), {"train": {"ants": 12, "bees": 12}, "val": {"ants": 6, "bees": 6}})
     feats = str(tmp_path / "f.h5")
-    extract(ExtractConfig(data_root=data, out_path=feats, backbone="tiny_cnn", weights="none", progress=False))
+    # fp32 on every CPU: the exported model (fp32) must reproduce the head's accuracy exactly.
+    extract(ExtractConfig(data_root=data, out_path=feats, backbone="tiny_cnn", weights="none", precision="fp32",
+                          progress=False))
     head = str(tmp_path / "head")
     train_head(HeadConfig(feats, head, clf="logreg", n_jobs=1))
     return data, feats, head
@@ -89,7 +91,8 @@ def hymenoptera_lite0(hymenoptera, tmp_path_factory) -> str:
     from features.extract import ExtractConfig, extract
 
     out = str(tmp_path_factory.mktemp("hym") / "hymenoptera-lite0.h5")
-    extract(ExtractConfig(data_root=hymenoptera, out_path=out, progress=False))
+    # fp32 whatever the CPU: the accuracy floors and exact reproductions below hold on every machine.
+    extract(ExtractConfig(data_root=hymenoptera, out_path=out, precision="fp32", progress=False))
     return out
 
 
@@ -138,7 +141,7 @@ def hymenoptera_lite0_views(hymenoptera, tmp_path_factory) -> str:
     from features.extract import ExtractConfig, extract
 
     out = str(tmp_path_factory.mktemp("hymv") / "hymenoptera-lite0-views4.h5")
-    extract(ExtractConfig(data_root=hymenoptera, out_path=out, views=4, progress=False))
+    extract(ExtractConfig(data_root=hymenoptera, out_path=out, views=4, precision="fp32", progress=False))
     return out
 
 
@@ -196,7 +199,9 @@ def tiny_model(tmp_path_factory) -> tuple[str, str, str]:
     root = tmp_path_factory.mktemp("tiny_model")
     data = make_imagefolder(str(root / "data"), {"train": {"ants": 12, "bees": 12}, "val": {"ants": 6, "bees": 6}})
     feats = str(root / "f.h5")
-    extract(ExtractConfig(data_root=data, out_path=feats, backbone="tiny_cnn", weights="none", progress=False))
+    # fp32 on every CPU: the exported model (fp32) must reproduce the head's accuracy exactly.
+    extract(ExtractConfig(data_root=data, out_path=feats, backbone="tiny_cnn", weights="none", precision="fp32",
+                          progress=False))
     head = str(root / "head")
     train_head(HeadConfig(feats, head, clf="logreg", n_jobs=1))
     model_dir = str(root / "model")

@@ -43,3 +43,17 @@ def test_keep_freed_memory_stops_page_faulting_reused_buffers():
     one_pass_pages = 3 * 8 * 32 * 112 * 112 * 4 // 4096
     assert kept_faults < 3 * one_pass_pages
     assert default_faults > 2 * max(kept_faults, one_pass_pages)
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_native_bf16():
+    import torch
+
+    from features.devices import resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu, native_bf16=True) == "bf16"
+    assert resolve_precision("auto", cpu, native_bf16=False) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda"), native_bf16=False) == "fp16"
+    assert resolve_precision("fp32", cpu, native_bf16=True) == "fp32"  # asked for: kept
+    with pytest.raises(ValueError, match="only supported on CUDA"):
+        resolve_precision("fp16", cpu)

@@ -57,7 +57,8 @@ def test_two_processes_match_one_process_row_for_row(tmp_path):
     data = make_imagefolder(str(tmp_path / "d"), {"train": {"a": 11, "b": 10}, "val": {"a": 4, "b": 5}})
     (tmp_path / "d" / "train" / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     (tmp_path / "d" / "val" / "a" / "empty.png").write_bytes(b"")
-    args = ["--data", data, "--backbone", "tiny_cnn", "--weights", "none", "--views", "2", "--batch-size", "4"]
+    args = ["--data", data, "--backbone", "tiny_cnn", "--weights", "none", "--views", "2", "--batch-size", "4",
+            "--precision", "fp32"]
     one = run_cli("run_extract.py", *args, "--out", str(tmp_path / "one.h5"), "--quiet")
     assert one.returncode == 0, one.stderr
     two = _torchrun(*args, "--out", str(tmp_path / "two.h5"))
@@ -95,7 +96,8 @@ def _rank_pid(launcher_pid: int, rank: int) -> int | None:
 def test_killed_rank_resumes_per_shard(tmp_path):
     data = make_imagefolder(str(tmp_path / "d"), {"train": {"a": 50, "b": 50}, "val": {"a": 15, "b": 15}})
     out = str(tmp_path / "f.h5")
-    args = ["--data", data, "--backbone", "resnet18", "--weights", "none", "--batch-size", "2", "--out", out]
+    args = ["--data", data, "--backbone", "resnet18", "--weights", "none", "--batch-size", "2",
+            "--precision", "fp32", "--out", out]
     run = _torchrun(*args)
     shard1 = out + ".shard-1-of-2" + PARTIAL_SUFFIX
     wait_for_committed(shard1, "train", 4, run)  # two of rank 1's 25 batches

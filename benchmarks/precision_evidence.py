@@ -1,0 +1,87 @@
+"""Does bf16 extraction cost accuracy? Paired fp32 / bf16 feature files, scored over many resplits.
+
+``python benchmarks/precision_evidence.py FP32.h5 BF16.h5 SEEDS`` prints JSON. Both files hold the
+same images (they differ only in ``--precision``). Each seed pools every labeled centre-crop row,
+draws a stratified train/val split with the files' own val share, chooses C by 5-fold CV on the
+train rows and scores val, the same rows for both precisions. Files with augmented views keep their
+own split instead (the views belong to the training images); there the seed is the extraction's.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from features.data import stratified_split
+from features.store import FeatureFile, SplitData
+from pipeline.heads import choose_C, make_estimator
+
+
+def _rows(path: str) -> dict[str, SplitData]:
+    with FeatureFile(path) as f:
+        return {split: f.read_split(split) for split in f.splits}
+
+
+def _fit_score(train: SplitData, val_x: np.ndarray, val_y: np.ndarray, seed: int) -> tuple[float, np.ndarray, float]:
+    clean = train.view == 0
+    estimator = make_estimator("logreg", 1.0, None, seed)
+    chosen = choose_C(estimator, train.features, train.labels, train.image_index, clean, 5, seed, 1)
+    model = estimator.set_params(clf__C=chosen.C).fit(train.features, train.labels)
+    predicted = model.predict(val_x)
+    return float(np.mean(predicted == val_y)), predicted, chosen.C
+
+
+def resplit_scores(fp32: dict[str, SplitData], bf16: dict[str, SplitData], seed: int) -> dict:
+    """Accuracy of both precisions on one seeded stratified resplit of all labeled rows."""
+    out = {}
+    predictions = {}
+    val_share = len(fp32["val"].labels) / sum(len(s.labels) for s in fp32.values())
+    for name, rows in (("fp32", fp32), ("bf16", bf16)):
+        pooled = [rows[s].clean() for s in ("train", "val")]
+        x = np.concatenate([p.features for p in pooled])
+        y = np.concatenate([p.labels for p in pooled])
+        is_val = stratified_split(y, val_share, seed)
+        train = SplitData(x[~is_val], y[~is_val], np.zeros(0), np.arange(int((~is_val).sum())),
+                          np.zeros(int((~is_val).sum()), dtype=np.int16), [])
+        acc, predictions[name], C = _fit_score(train, x[is_val], y[is_val], seed)
+        out[name] = {"accuracy": acc, "C": C}
+    out["disagree"] = int(np.sum(predictions["fp32"] != predictions["bf16"]))
+    out["val_images"] = int(len(predictions["fp32"]))
+    return out
+
+
+def own_split_scores(fp32: dict[str, SplitData], bf16: dict[str, SplitData], seed: int) -> dict:
+    """Accuracy of both precisions on the files' own train/val split (all training views used)."""
+    out, predictions = {}, {}
+    for name, rows in (("fp32", fp32), ("bf16", bf16)):
+        val = rows["val"].clean()
+        acc, predictions[name], C = _fit_score(rows["train"], val.features, val.labels, seed)
+        out[name] = {"accuracy": acc, "C": C}
+    out["disagree"] = int(np.sum(predictions["fp32"] != predictions["bf16"]))
+    out["val_images"] = int(len(predictions["fp32"]))
+    return out
+
+
+def cosine(fp32: dict[str, SplitData], bf16: dict[str, SplitData]) -> tuple[float, float]:
+    """Lowest and mean cosine between the two files' rows, over every split."""
+    a = np.concatenate([fp32[s].features for s in fp32])
+    b = np.concatenate([bf16[s].features for s in fp32])
+    cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(cos.min()), float(cos.mean())
+
+
+def main(fp32_path: str, bf16_path: str, seeds: int) -> dict:
+    fp32, bf16 = _rows(fp32_path), _rows(bf16_path)
+    views = bool(np.any(fp32["train"].view > 0))
+    if views:
+        runs = [own_split_scores(fp32, bf16, 0)]
+    else:
+        runs = [resplit_scores(fp32, bf16, seed) for seed in range(seeds)]
+    low, mean = cosine(fp32, bf16)
+    return {"runs": runs, "cosine_min": low, "cosine_mean": mean, "views": views}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1], sys.argv[2], int(sys.argv[3]))))
