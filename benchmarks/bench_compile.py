@@ -44,7 +44,7 @@ def section_compile(out_dir: str, quick: bool) -> list[str]:
     lines += ["", f"Full path on hymenoptera x10 ({'2' if quick else '10'} symlinked copies of every image), "
               "`run_extract.py` rate over its extraction loops: `--compile off`, and `--compile on` with an empty "
               "cache (its warm-up included). Against the forward pass as built (unfolded, eager: "
-              "`benchmarks/forward_only.py`), the yardstick of the issue's 0.95 goal.", "",
+              "`benchmarks/forward_only.py`), the yardstick of the 0.95 target.", "",
               "| backbone | precision | forward as built img/s | --compile off img/s | --compile on img/s | "
               "off / built | on / built | on / off |",
               "|---|---|---|---|---|---|---|---|"]

@@ -72,8 +72,8 @@ class BatchForward:
     precision : str
         Autocast precision (``features.devices.resolve_precision``).
     rows_per_batch : int
-        Rows of a full batch (batch size x (views + 1)); shorter batches are padded to it
-        when compiled.
+        Rows the compiled model takes at a time (the batch size): a batch with augmented
+        views runs in several such chunks, and a short last chunk is padded.
     images_left : int
         Images this run still has to extract (every split), for the rule of ``auto``.
     """
@@ -119,17 +119,23 @@ class BatchForward:
             self._compiled = torch.compile(self.model, dynamic=False)
 
     def _run_compiled(self, x: torch.Tensor, capture: FeatureCapture) -> torch.Tensor:
-        rows = len(x)
-        if rows < self.rows_per_batch:
-            pad = x.new_zeros((self.rows_per_batch - rows, *x.shape[1:]))
-            x = torch.cat([x, pad]).contiguous(memory_format=torch.channels_last)
-        try:
-            with autocast(self.device, self.precision):
-                self._compiled(x)
-        except Exception as exc:  # no C++ compiler, an unsupported operator: carry on eagerly, and say so
-            self._compiled = None
-            self.notes.append(f"warning: torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
-                              "extracted eagerly instead")
-            with autocast(self.device, self.precision):
-                self.model(x)
-        return capture.pop()[:rows]
+        # One input shape for the compiled model: chunks of rows_per_batch rows, the last one padded.
+        pieces = []
+        for start in range(0, len(x), self.rows_per_batch):
+            chunk = x[start:start + self.rows_per_batch]
+            rows = len(chunk)
+            if rows < self.rows_per_batch:
+                pad = chunk.new_zeros((self.rows_per_batch - rows, *chunk.shape[1:]))
+                chunk = torch.cat([chunk, pad]).contiguous(memory_format=torch.channels_last)
+            try:
+                with autocast(self.device, self.precision):
+                    self._compiled(chunk)
+            except Exception as exc:  # no C++ compiler, an unsupported operator: carry on eagerly, and say so
+                self._compiled = None
+                self.notes.append(f"warning: torch.compile failed ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:160]}); extracted eagerly instead")
+                with autocast(self.device, self.precision):
+                    self.model(x)
+                return capture.pop()
+            pieces.append(capture.pop()[:rows])
+        return torch.cat(pieces)

@@ -382,8 +382,7 @@ class _SplitRunner:
         self.backbone.model.to(self.device).to(memory_format=torch.channels_last)
         workers = default_workers(self.device) if self.cfg.workers is None else self.cfg.workers
         todo = [split for split in splits if not writer.split_complete(split)]
-        forward = BatchForward(self.backbone.model, self.cfg.compile, self.device, self.precision,
-                               self.cfg.batch_size * (self.cfg.views + 1),
+        forward = BatchForward(self.backbone.model, self.cfg.compile, self.device, self.precision, self.cfg.batch_size,
                                sum(len(splits[s]) - writer.done_images(s) for s in todo))
         timings = {}
         try:
