@@ -25,7 +25,8 @@ def section_sweep(out_dir: str, quick: bool) -> list[str]:
         The section's Markdown lines.
     """
     prepare_heads(out_dir)
-    files = {"hymenoptera (Lite0)": ("ft-hymenoptera.h5", "1" if quick else "3")}
+    files = {"hymenoptera (Lite0)": ("ft-hymenoptera.h5", "1" if quick else "3"),
+             "digits demo (Lite0, 10 classes)": ("ft-digits.h5", "1" if quick else "2")}
     lines = ["## 12. Choosing C: warm-started path against GridSearchCV (logreg, 5 folds x 15 values, 1 job)", "",
              "The same folds and grid both ways, in one process, alternating; best of the stated repeats.", "",
              "| features | rows x dim | GridSearchCV s | warm path s | speed-up | C (grid) | C (path) |",

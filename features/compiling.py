@@ -2,10 +2,11 @@
 
 ``torch.compile`` costs a warm-up (tracing and C++ code generation) before its first batch and
 then runs each batch faster. Measured on 2 CPU cores with BatchNorm folded (BENCHMARKS.md
-section 16): a cold warm-up of 15 to 25 s, and 1.07x (ResNet-50 fp32) to 1.8x (ResNet-50 bf16)
-the eager forward rate, 1.5x to 1.6x for EfficientNet-Lite0. ``auto`` therefore times the first
-eager batches of the run, estimates the forward time still ahead, and compiles only when the
-time the compiled model would save exceeds the warm-up it costs. A compiled model keeps one
+section 16): a cold warm-up of 16 to 25 s, and 1.03x (ResNet-50 fp32) to 1.39x (Lite0) the eager
+forward rate in fp32, 1.56x (Lite0) to 1.64x (ResNet-50) in bf16. ``auto`` therefore times the
+first eager batches of the run, estimates the forward time still ahead, and compiles only when
+the time the compiled model would save, at the smallest speed-up measured for the precision,
+exceeds the warm-up it costs. A compiled model keeps one
 batch shape (a new shape is a new warm-up), so a short last batch is padded and the padding
 dropped."""
 
@@ -22,14 +23,14 @@ from features.devices import autocast
 from features.hooks import FeatureCapture
 
 COMPILE_MODES = ("auto", "on", "off")
-# Conservative CPU figures for the rule of ``auto`` (the slower warm-up, the smaller speed-up measured).
+# Conservative CPU figures for the rule of ``auto``: above the slowest warm-up, the smallest speed-up per precision.
 CPU_WARMUP_SECONDS = 30.0
-CPU_SPEEDUP = 1.4
+CPU_SPEEDUP = {"fp32": 1.03, "bf16": 1.56}
 # Eager batches timed before ``auto`` decides; the first is left out (oneDNN builds its kernels there).
 _TIMED_BATCHES = 2
 
 
-def compile_pays(mode: str, device: torch.device, forward_seconds_left: float) -> tuple[bool, str]:
+def compile_pays(mode: str, device: torch.device, precision: str, forward_seconds_left: float) -> tuple[bool, str]:
     """Whether to compile, and why, given the eager forward time still ahead.
 
     Parameters
@@ -38,6 +39,8 @@ def compile_pays(mode: str, device: torch.device, forward_seconds_left: float) -
     device : torch.device
         ``auto`` decides only on the CPU, where the warm-up and speed-up were measured; it
         stays eager on other devices.
+    precision : str
+        The autocast precision, whose measured speed-up the rule uses.
     forward_seconds_left : float
         Estimated eager forward-pass time of the images not yet extracted.
 
@@ -52,7 +55,7 @@ def compile_pays(mode: str, device: torch.device, forward_seconds_left: float) -
         return mode == "on", "compile: on (asked for)" if mode == "on" else ""
     if device.type != "cpu":
         return False, f"compile: off (auto compiles only on the CPU, where its warm-up was measured; --compile on to try {device.type})"
-    saved = forward_seconds_left * (1 - 1 / CPU_SPEEDUP)
+    saved = forward_seconds_left * (1 - 1 / CPU_SPEEDUP.get(precision, 1.0))
     verdict = "on" if saved > CPU_WARMUP_SECONDS else "off"
     return saved > CPU_WARMUP_SECONDS, (f"compile: {verdict} (auto: about {saved:.0f} s to save on "
                                         f"{forward_seconds_left:.0f} s of forward passes left, "
@@ -74,8 +77,9 @@ class BatchForward:
     rows_per_batch : int
         Rows the compiled model takes at a time (the batch size): a batch with augmented
         views runs in several such chunks, and a short last chunk is padded.
-    images_left : int
-        Images this run still has to extract (every split), for the rule of ``auto``.
+    rows_left : int
+        Rows this run still has to extract (every split, augmented views included), for the
+        rule of ``auto``.
     """
 
     model: nn.Module
@@ -83,35 +87,35 @@ class BatchForward:
     device: torch.device
     precision: str
     rows_per_batch: int
-    images_left: int
+    rows_left: int
     notes: list[str] = field(default_factory=list)
     _compiled: Callable | None = None
     _decided: bool = False
-    _timed: list[tuple[int, float]] = field(default_factory=list)  # (images, seconds) of eager batches
+    _timed: list[tuple[int, float]] = field(default_factory=list)  # (rows, seconds) of eager batches
 
     def __post_init__(self) -> None:
         if self.mode != "auto":
             self._decide(0.0)
 
-    def __call__(self, x: torch.Tensor, images: int, capture: FeatureCapture) -> torch.Tensor:
-        """Features ``(rows, D)`` of the batch ``x``, which holds ``images`` images."""
+    def __call__(self, x: torch.Tensor, capture: FeatureCapture) -> torch.Tensor:
+        """Features ``(rows, D)`` of the batch ``x``."""
         if self._compiled is not None:
             return self._run_compiled(x, capture)
         start = time.perf_counter()
         with autocast(self.device, self.precision):
             self.model(x)
         features = capture.pop()
-        self.images_left -= images
+        self.rows_left -= len(x)
         if not self._decided:
-            self._timed.append((images, time.perf_counter() - start))
-            if len(self._timed) > _TIMED_BATCHES or self.images_left <= 0:
-                timed = self._timed[1:] or self._timed
-                per_image = sum(s for _, s in timed) / max(1, sum(n for n, _ in timed))
-                self._decide(per_image * self.images_left)
+            self._timed.append((len(x), time.perf_counter() - start))
+            if len(self._timed) > _TIMED_BATCHES:
+                timed = self._timed[1:]
+                per_row = sum(s for _, s in timed) / sum(n for n, _ in timed)
+                self._decide(per_row * max(0, self.rows_left))
         return features
 
     def _decide(self, forward_seconds_left: float) -> None:
-        chosen, note = compile_pays(self.mode, self.device, forward_seconds_left)
+        chosen, note = compile_pays(self.mode, self.device, self.precision, forward_seconds_left)
         self._decided = True
         if note:
             self.notes.append(note)
@@ -132,8 +136,9 @@ class BatchForward:
                     self._compiled(chunk)
             except Exception as exc:  # no C++ compiler, an unsupported operator: carry on eagerly, and say so
                 self._compiled = None
-                self.notes.append(f"warning: torch.compile failed ({type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0][:160]}); extracted eagerly instead")
+                first_line = (str(exc).splitlines() or [""])[0][:160]
+                self.notes.append(f"warning: torch.compile failed ({type(exc).__name__}: {first_line}); "
+                                  "extracted eagerly instead")
                 with autocast(self.device, self.precision):
                     self.model(x)
                 return capture.pop()

@@ -26,7 +26,7 @@ from features.errors import ExtractionError
 from features.exclude import read_exclude
 from features.compiling import COMPILE_MODES, BatchForward
 from features.folding import fold_batchnorm
-from features.hooks import capture_features
+from features.hooks import FeatureCapture, capture_features
 from features.images import UnreadableImage
 from features.interrupt import StopRequest, stop_between_batches
 from features.locking import output_lock
@@ -226,8 +226,8 @@ def _file_attrs(cfg: ExtractConfig, layout: DatasetLayout, splits: dict[str, lis
 
 
 def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample], offset: int, backbone: Backbone,
-               device: torch.device, forward: BatchForward, views: int, cfg: ExtractConfig, workers: int,
-               stop: StopRequest) -> tuple[int, float]:
+               device: torch.device, forward: BatchForward, capture: FeatureCapture, views: int, cfg: ExtractConfig,
+               workers: int, stop: StopRequest) -> tuple[int, float]:
     """Extract the unfinished part of one split (or of this rank's block of it, starting at
     split index ``offset``); returns (images processed, seconds).
 
@@ -245,7 +245,6 @@ def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample],
         if cfg.decode == "thread" and workers == 0:
             batches = stack.enter_context(contextlib.closing(prefetched(loader, 2, _single_threaded_worker)))
         stack.enter_context(torch.inference_mode())
-        capture = stack.enter_context(capture_features(backbone.model, backbone.spec))
         for batch in batches:
             good = [(idx, t) for idx, t, _ in batch if t is not None]
             skipped = [(samples[idx].path, reason) for idx, t, reason in batch if t is None]
@@ -255,7 +254,7 @@ def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample],
             if good:
                 x = torch.cat([t for _, t in good]).to(device, non_blocking=True)
                 x = x.contiguous(memory_format=torch.channels_last)
-                feats = forward(x, len(good), capture).float().cpu().numpy()
+                feats = forward(x, capture).float().cpu().numpy()
                 per_image = views + 1
                 rows_index = np.repeat([idx for idx, _ in good], per_image).astype(np.int64)  # into samples
                 rows_view = np.tile(np.arange(per_image, dtype=np.int16), len(good))
@@ -382,14 +381,17 @@ class _SplitRunner:
         self.backbone.model.to(self.device).to(memory_format=torch.channels_last)
         workers = default_workers(self.device) if self.cfg.workers is None else self.cfg.workers
         todo = [split for split in splits if not writer.split_complete(split)]
+        views = {split: self.cfg.views if split == self.views_split else 0 for split in todo}
         forward = BatchForward(self.backbone.model, self.cfg.compile, self.device, self.precision, self.cfg.batch_size,
-                               sum(len(splits[s]) - writer.done_images(s) for s in todo))
+                               sum((len(splits[s]) - writer.done_images(s)) * (views[s] + 1) for s in todo))
         timings = {}
+        # One feature hook for every split: a compiled model keeps the hooks it was traced with.
         try:
-            for split in todo:
-                views = self.cfg.views if split == self.views_split else 0
-                timings[split] = _run_split(writer, split, self.layout, splits[split], offsets[split], self.backbone,
-                                            self.device, forward, views, self.cfg, workers, self.stop)
+            with capture_features(self.backbone.model, self.backbone.spec) as capture:
+                for split in todo:
+                    timings[split] = _run_split(writer, split, self.layout, splits[split], offsets[split],
+                                                self.backbone, self.device, forward, capture, views[split], self.cfg,
+                                                workers, self.stop)
         finally:
             self.notes += forward.notes
         return timings

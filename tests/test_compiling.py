@@ -1,4 +1,4 @@
-"""torch.compile in extraction: the rule of --compile auto, equal rows, padding, and a failed compile."""
+"""torch.compile in extraction: the rule of --compile auto, equal rows, chunks and padding, and a failed compile."""
 
 import numpy as np
 import pytest
@@ -13,15 +13,16 @@ CPU = torch.device("cpu")
 
 
 def test_auto_compiles_only_when_the_forward_time_left_repays_the_warm_up():
-    break_even = CPU_WARMUP_SECONDS / (1 - 1 / CPU_SPEEDUP)
-    assert compile_pays("auto", CPU, break_even * 0.9)[0] is False
-    chosen, note = compile_pays("auto", CPU, break_even * 1.1)
-    assert chosen is True and note.startswith("compile: on (auto:")
-    assert compile_pays("auto", torch.device("cuda"), 1e6)[0] is False  # not measured there: stays eager
-    assert compile_pays("on", CPU, 0.0) == (True, "compile: on (asked for)")
-    assert compile_pays("off", CPU, 1e6) == (False, "")
+    for precision in ("fp32", "bf16"):
+        break_even = CPU_WARMUP_SECONDS / (1 - 1 / CPU_SPEEDUP[precision])
+        assert compile_pays("auto", CPU, precision, break_even * 0.9)[0] is False
+        chosen, note = compile_pays("auto", CPU, precision, break_even * 1.1)
+        assert chosen is True and note.startswith("compile: on (auto:")
+    assert compile_pays("auto", torch.device("cuda"), "fp16", 1e6)[0] is False  # not measured there: stays eager
+    assert compile_pays("on", CPU, "fp32", 0.0) == (True, "compile: on (asked for)")
+    assert compile_pays("off", CPU, "fp32", 1e6) == (False, "")
     with pytest.raises(ValueError, match="auto, on or off"):
-        compile_pays("sometimes", CPU, 1.0)
+        compile_pays("sometimes", CPU, "fp32", 1.0)
 
 
 def _rows(path):
@@ -29,22 +30,42 @@ def _rows(path):
         return {split: f.read_split(split) for split in f.splits}
 
 
-def test_compiled_extraction_gives_the_eager_rows_with_a_short_last_batch(tmp_path):
-    # 7 + 6 train images in batches of 4 with 1 view: the last batch is short and padded.
-    root = make_imagefolder(str(tmp_path / "d"), {"train": {"a": 7, "b": 6}, "val": {"a": 3, "b": 2}})
-    files, summaries = {}, {}
-    for mode in ("off", "on"):
-        files[mode] = str(tmp_path / f"{mode}.h5")
-        summaries[mode] = extract(ExtractConfig(data_root=root, out_path=files[mode], backbone="tiny_cnn",
-                                                weights="none", batch_size=4, views=1, compile=mode, precision="fp32",
-                                                progress=False))
-    assert "compile: on (asked for)" in summaries["on"].notes
-    assert not any(n.startswith("compile") for n in summaries["off"].notes)
-    eager, compiled = _rows(files["off"]), _rows(files["on"])
-    for split in eager:
-        assert len(compiled[split].features) == len(eager[split].features) == {"train": 26, "val": 5}[split]
-        np.testing.assert_allclose(compiled[split].features, eager[split].features, rtol=1e-4, atol=1e-5)
-        np.testing.assert_array_equal(compiled[split].image_index, eager[split].image_index)
+def _assert_same_rows(path, reference, counts):
+    ours, theirs = _rows(path), _rows(reference)
+    for split, rows in theirs.items():
+        assert len(ours[split].features) == len(rows.features) == counts[split]
+        np.testing.assert_allclose(ours[split].features, rows.features, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(ours[split].image_index, rows.image_index)
+
+
+def _extract(root, out, compile_mode, batch_size):
+    return extract(ExtractConfig(data_root=root, out_path=out, backbone="tiny_cnn", weights="none",
+                                 batch_size=batch_size, views=1, compile=compile_mode, precision="fp32",
+                                 progress=False))
+
+
+@pytest.fixture
+def images(tmp_path):
+    # 13 train images with 1 view each: batches hold several chunks, and the last one is short.
+    return make_imagefolder(str(tmp_path / "d"), {"train": {"a": 7, "b": 6}, "val": {"a": 3, "b": 2}})
+
+
+def test_compiled_extraction_gives_the_eager_rows_in_chunks_with_a_padded_last_one(images, tmp_path):
+    eager = _extract(images, str(tmp_path / "off.h5"), "off", 4)
+    compiled = _extract(images, str(tmp_path / "on.h5"), "on", 4)
+    assert "compile: on (asked for)" in compiled.notes
+    assert not any("torch.compile failed" in n for n in compiled.notes), compiled.notes  # it really ran compiled
+    assert not any(n.startswith("compile") for n in eager.notes)
+    _assert_same_rows(str(tmp_path / "on.h5"), str(tmp_path / "off.h5"), {"train": 26, "val": 5})
+
+
+def test_auto_switches_to_the_compiled_model_mid_run_once_it_pays(images, tmp_path, monkeypatch):
+    monkeypatch.setattr("features.compiling.CPU_WARMUP_SECONDS", 0.0)  # any forward time left now repays it
+    _extract(images, str(tmp_path / "off.h5"), "off", 2)
+    summary = _extract(images, str(tmp_path / "auto.h5"), "auto", 2)
+    assert [n for n in summary.notes if n.startswith("compile")][0].startswith("compile: on (auto:"), summary.notes
+    assert not any("torch.compile failed" in n for n in summary.notes), summary.notes
+    _assert_same_rows(str(tmp_path / "auto.h5"), str(tmp_path / "off.h5"), {"train": 26, "val": 5})
 
 
 def test_a_failed_compile_falls_back_to_eager_and_says_so(tmp_path):

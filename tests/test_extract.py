@@ -48,8 +48,8 @@ def test_float16_storage(small_dataset, tmp_path):
 
 def test_views_are_marked_and_deterministic(small_dataset, tmp_path):
     a, b = str(tmp_path / "a.h5"), str(tmp_path / "b.h5")
-    _extract(small_dataset, a, views=2, batch_size=5)
-    _extract(small_dataset, b, views=2, batch_size=3)
+    _extract(small_dataset, a, views=2, batch_size=5, precision="fp32")  # fp32: bf16 rounding depends on the batch
+    _extract(small_dataset, b, views=2, batch_size=3, precision="fp32")
     with FeatureFile(a) as fa, FeatureFile(b) as fb:
         ta, tb, va = fa.read_split("train"), fb.read_split("train"), fa.read_split("val")
         assert fa.config["views"] == 2 and fa.config["views_split"] == "train"

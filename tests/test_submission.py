@@ -20,8 +20,9 @@ def kaggle_head(tmp_path_factory):
     root = str(tmp / "dogs")
     truth = make_kaggle(root, {"beagle": 8, "dingo": 8, "pug": 8}, {"beagle": 3, "dingo": 3, "pug": 3})
     feats = str(tmp / "f.h5")
+    # fp32 on every CPU: the exported model (fp32) is compared with the head on these features.
     extract(ExtractConfig(data_root=root, out_path=feats, backbone="tiny_cnn", weights="none", progress=False,
-                          labels=os.path.join(root, "labels.csv"), val_fraction=0.25))
+                          labels=os.path.join(root, "labels.csv"), val_fraction=0.25, precision="fp32"))
     head = str(tmp / "head")
     result = train_head(HeadConfig(feats, head, clf="logreg", n_jobs=1))
     return root, truth, feats, head, result
