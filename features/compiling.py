@@ -6,9 +6,8 @@ section 16): a cold warm-up of 16 to 25 s, and 1.03x (ResNet-50 fp32) to 1.39x (
 forward rate in fp32, 1.56x (Lite0) to 1.64x (ResNet-50) in bf16. ``auto`` therefore times the
 first eager batches of the run, estimates the forward time still ahead, and compiles only when
 the time the compiled model would save, at the smallest speed-up measured for the precision,
-exceeds the warm-up it costs. A compiled model keeps one
-batch shape (a new shape is a new warm-up), so a short last batch is padded and the padding
-dropped."""
+exceeds the warm-up it costs. A compiled model keeps one input shape (a new shape is a new
+warm-up), so it runs in chunks of the batch size, the last one padded and the padding dropped."""
 
 from __future__ import annotations
 

@@ -59,6 +59,7 @@ class FileSplits:
     val_split: str | None
     train: list[tuple[str, int]]
     val: list[tuple[str, int]]
+    precision: str = "fp32"  # the autocast precision the features were extracted in
 
 
 def _features_path(cfg: BuildConfig, head) -> str:
@@ -96,11 +97,12 @@ def file_splits(cfg: BuildConfig, head) -> FileSplits:
             root = cfg.data_root or ff.data_root
             train = split_images(ff, train_split) if train_split else []
             val = split_images(ff, val_split) if val_split else []
+            precision = ff.config.get("precision", "fp32")
     except FeatureFileError as exc:
         raise DatasetError(str(exc)) from None
     if not os.path.isdir(root):
         raise DatasetError(f"data root {root!r} not found; pass --data ROOT (the images the head's features came from)")
-    return FileSplits(root, train_split, val_split, train, val)
+    return FileSplits(root, train_split, val_split, train, val, precision)
 
 
 def build_model(cfg: BuildConfig, log=print) -> dict:
@@ -142,6 +144,10 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
     diff = verify_fused(backbone, head, check)
     log(f"fused {head.clf} head into {backbone.spec.name}.{backbone.spec.classifier_slot}: "
         f"logits equal head(features) on {len(check)} real images (max abs diff {diff:.2e})")
+    if splits.precision != "fp32":
+        log(f"note: the head was trained on {splits.precision} features and the fused model runs in fp32, so its "
+            "accuracy can differ from the head's report by a borderline image or two (extract with --precision "
+            "fp32 for an exact match)")
     finetune_info = None
     if cfg.finetune and cfg.finetune.epochs > 0:
         finetune_info = _finetune(cfg, backbone, splits, out_dir, log)

@@ -251,3 +251,19 @@ def test_rebuild_refuses_a_weights_file_that_changed(tmp_path):
     torch.save(state, path)  # the same file name now holds other weights
     with pytest.raises(HeadError, match="differ"):
         rebuild_backbone(identity)
+
+
+def test_fuse_says_when_the_head_was_trained_on_bf16_features(tiny_pipeline, tmp_path):
+    from features.extract import ExtractConfig, extract
+
+    data, _, fp32_head = tiny_pipeline  # its features are fp32: no note
+    heard = []
+    build_model(BuildConfig(fp32_head, str(tmp_path / "m32"), onnx=False), log=heard.append)
+    assert not any("bf16 features" in line for line in heard)
+    feats, head = str(tmp_path / "bf16.h5"), str(tmp_path / "head16")
+    extract(ExtractConfig(data_root=data, out_path=feats, backbone="tiny_cnn", weights="none", precision="bf16",
+                          progress=False))
+    train_head(HeadConfig(feats, head, clf="logreg", n_jobs=1))
+    heard.clear()
+    build_model(BuildConfig(head, str(tmp_path / "m16"), onnx=False), log=heard.append)
+    assert any(line.startswith("note: the head was trained on bf16 features") for line in heard), heard
