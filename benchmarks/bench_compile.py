@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 
-from benchmarks.bench_extract import hymenoptera_copies, full_path
+from benchmarks.bench_extract import forward_only, full_path, hymenoptera_copies
 from benchmarks.common import run_measured
 from features.compiling import CPU_SPEEDUP, CPU_WARMUP_SECONDS
 
@@ -50,8 +50,7 @@ def section_compile(out_dir: str, quick: bool) -> list[str]:
               "|---|---|---|---|---|---|---|---|"]
     for backbone, weights, precision in [("efficientnet_lite0", "DEFAULT", "fp32"), ("efficientnet_lite0", "DEFAULT", "bf16")] + \
             ([] if quick else [("resnet50", "none", "bf16")]):
-        fwd = run_measured(["benchmarks/forward_only.py", backbone, weights, precision, "32", "0", "128"])
-        built = json.loads(fwd.stdout)["images_per_second"]
+        fwd, built = forward_only(backbone, weights, precision, 32)
         rates = {}
         for mode in ("off", "on"):
             m, _, rates[mode] = full_path(out_dir, backbone, weights, precision, 32, data=data,

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.bench_extract import full_path
+from benchmarks.bench_extract import forward_only, full_path
 from benchmarks.common import run_measured
-
-
-def _forward(backbone: str, weights: str, precision: str, fold: int):
-    m = run_measured(["benchmarks/forward_only.py", backbone, weights, precision, "32", str(fold), "128"])
-    return m, json.loads(m.stdout)["images_per_second"]
 
 
 def section_decode(out_dir: str, quick: bool) -> list[str]:
@@ -47,8 +42,8 @@ def section_decode(out_dir: str, quick: bool) -> list[str]:
     commands = [split.command]
     for backbone, weights in configs:
         for precision in ("fp32", "bf16"):
-            built_m, built = _forward(backbone, weights, precision, 0)
-            folded_m, folded = _forward(backbone, weights, precision, 1)
+            built_m, built = forward_only(backbone, weights, precision, 32, fold=0)
+            folded_m, folded = forward_only(backbone, weights, precision, 32, fold=1)
             commands += [built_m.command, folded_m.command]
             rates = {"turn": [], "thread": []}
             for _ in range(repeats):

@@ -20,8 +20,9 @@ def full_path(out_dir: str, backbone: str, weights: str, precision: str, batch: 
     return m, out, images / seconds
 
 
-def forward_only(backbone: str, weights: str, precision: str, batch: int):
-    m = run_measured(["benchmarks/forward_only.py", backbone, weights, precision, str(batch)])
+def forward_only(backbone: str, weights: str, precision: str, batch: int, fold: int = 0, images: int = 128):
+    """``benchmarks/forward_only.py`` in a child process: (the measured command, images per second)."""
+    m = run_measured(["benchmarks/forward_only.py", backbone, weights, precision, str(batch), str(fold), str(images)])
     return m, json.loads(m.stdout)["images_per_second"]
 
 

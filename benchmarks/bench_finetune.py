@@ -116,19 +116,6 @@ RATE_RUNS = (("digits", "default,adamw_lr1e-4,adamw_lr3e-4"),
 RATE_LABELS = {"default": "1e-5 (default)", "adamw_lr3e-5": "3e-5", "adamw_lr1e-4": "1e-4", "adamw_lr3e-4": "3e-4"}
 
 
-def rate_lines(records: list[dict]) -> list[str]:
-    """Table rows of the learning-rate runs: one per (head, variant) record of ``finetune_recipes.py``."""
-    lines = []
-    for r in records:
-        accs = " / ".join(f"{h['val_accuracy']:.3f}" for h in r["history"])
-        losses = " / ".join(f"{h['train_loss']:.3f}" for h in r["history"][1:])
-        best = max(h["val_accuracy"] for h in r["history"][1:])
-        lines.append(f"| {os.path.basename(r['head']).replace('ft-head-', '').replace('head-', '')} | {RATE_LABELS.get(r['variant'], r['variant'])} "
-                     f"| {accs} | {losses} | {best - r['history'][0]['val_accuracy']:+.3f} | "
-                     f"{r['seconds'] / (len(r['history']) - 1):.0f} |")
-    return lines
-
-
 def section_finetune_rates(out_dir: str, quick: bool) -> list[str]:
     """Val accuracy by epoch at several body learning rates, per dataset and head (3 epochs, whole train split).
 
@@ -166,4 +153,10 @@ def rates_section(records: list[dict], commands: list[str]) -> list[str]:
              "epoch's val accuracy minus the fused head's (epoch 0).", "",
              "| head | body lr | val accuracy by epoch (0 = the fused head) | train loss by epoch | gain | s per epoch |",
              "|---|---|---|---|---|---|"]
-    return lines + rate_lines(records) + ["", "```"] + commands + ["```", ""]
+    for r in records:
+        accs = " / ".join(f"{h['val_accuracy']:.3f}" for h in r["history"])
+        losses = " / ".join(f"{h['train_loss']:.3f}" for h in r["history"][1:])
+        gain = max(h["val_accuracy"] for h in r["history"][1:]) - r["history"][0]["val_accuracy"]
+        lines.append(f"| {os.path.basename(r['head']).replace('ft-head-', '')} | {RATE_LABELS.get(r['variant'], r['variant'])} "
+                     f"| {accs} | {losses} | {gain:+.3f} | {r['seconds'] / (len(r['history']) - 1):.0f} |")
+    return lines + ["", "```"] + commands + ["```", ""]

@@ -9,19 +9,14 @@ for a cold warm-up, as a user's first run has.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
 import torch
 
-from benchmarks.common import HYMENOPTERA
-from features.backbones import load_backbone
-from features.data import discover
-from features.devices import autocast, keep_freed_memory
-from features.folding import fold_batchnorm
+from benchmarks.forward_only import prepared
+from features.devices import autocast
 from features.hooks import capture_features
-from features.images import load_rgb
 
 
 def _rate(model, spec, x: torch.Tensor, batch: int, precision: str) -> tuple[float, float, torch.Tensor]:
@@ -40,15 +35,8 @@ def _rate(model, spec, x: torch.Tensor, batch: int, precision: str) -> tuple[flo
 
 
 def main(backbone_name: str, weights: str, precision: str, batch: int, n_images: int) -> dict:
-    keep_freed_memory()
-    backbone = load_backbone(backbone_name, weights)
-    layout = discover(HYMENOPTERA)
-    tf = backbone.preprocessing.eval_transform()
-    images = [tf(load_rgb(os.path.join(layout.root, s.path))) for s in layout.splits["val"][:n_images]]
-    x = torch.stack(images).contiguous(memory_format=torch.channels_last)
+    backbone, model, x, _ = prepared(backbone_name, weights, True, n_images)
     x = x[: len(x) // batch * batch]  # whole batches: one shape for the compiled model
-    model, _ = fold_batchnorm(backbone.model, (backbone.spec.feature_module, backbone.spec.classifier_slot))
-    model = model.to(memory_format=torch.channels_last)
     _rate(model, backbone.spec, x[:batch], batch, precision)  # eager warm-up (oneDNN primitives)
     eager_first, eager_rate, eager = _rate(model, backbone.spec, x, batch, precision)
     compiled_first, compiled_rate, compiled = _rate(torch.compile(model, dynamic=False), backbone.spec, x, batch,

@@ -33,7 +33,6 @@ VARIANTS = {
     "sgd_lr1e-4": dict(optimizer="sgd", lr=1e-4),
     "adamw_lr1e-4": dict(lr=1e-4),
     "adamw_lr3e-4": dict(lr=3e-4),
-    "adamw_lr1e-4_smoothing": dict(lr=1e-4, label_smoothing=0.1),
     "adamw_lr3e-5": dict(lr=3e-5),
     "head_lr_x1": dict(head_lr_mult=1.0),
     "train_bn": dict(train_bn=True),

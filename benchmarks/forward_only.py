@@ -23,9 +23,10 @@ from features.hooks import capture_features
 from features.images import load_rgb
 
 
-def main(backbone_name: str, weights: str, precision: str, batch: int, fold: bool = False,
-         n_images: int = 128) -> tuple[float, int]:
-    keep_freed_memory()  # the same allocator setting as the extraction path, so only the pipeline differs
+def prepared(backbone_name: str, weights: str, fold: bool, n_images: int):
+    """The backbone, its network (BatchNorm folded if ``fold``) and ``n_images`` preprocessed hymenoptera val
+    images, channels-last; with the extraction path's allocator setting, so only the pipeline differs."""
+    keep_freed_memory()
     backbone = load_backbone(backbone_name, weights)
     layout = discover(HYMENOPTERA)
     tf = backbone.preprocessing.eval_transform()
@@ -34,7 +35,12 @@ def main(backbone_name: str, weights: str, precision: str, batch: int, fold: boo
     model, folded = backbone.model, 0
     if fold:
         model, folded = fold_batchnorm(model, (backbone.spec.feature_module, backbone.spec.classifier_slot))
-    model = model.to(memory_format=torch.channels_last)
+    return backbone, model.to(memory_format=torch.channels_last), x, folded
+
+
+def main(backbone_name: str, weights: str, precision: str, batch: int, fold: bool = False,
+         n_images: int = 128) -> tuple[float, int]:
+    backbone, model, x, folded = prepared(backbone_name, weights, fold, n_images)
     device = torch.device("cpu")
     with torch.inference_mode(), capture_features(model, backbone.spec) as capture, autocast(device, precision):
         model(x[:batch])  # warm-up (first-call allocations, oneDNN primitive creation)

@@ -33,31 +33,30 @@ def _fit_score(train: SplitData, val_x: np.ndarray, val_y: np.ndarray, seed: int
     return float(np.mean(predicted == val_y)), predicted, chosen.C
 
 
-def resplit_scores(fp32: dict[str, SplitData], bf16: dict[str, SplitData], seed: int) -> dict:
-    """Accuracy of both precisions on one seeded stratified resplit of all labeled rows."""
-    out = {}
-    predictions = {}
-    val_share = len(fp32["val"].labels) / sum(len(s.labels) for s in fp32.values())
-    for name, rows in (("fp32", fp32), ("bf16", bf16)):
-        pooled = [rows[s].clean() for s in ("train", "val")]
-        x = np.concatenate([p.features for p in pooled])
-        y = np.concatenate([p.labels for p in pooled])
-        is_val = stratified_split(y, val_share, seed)
-        train = SplitData(x[~is_val], y[~is_val], np.zeros(0), np.arange(int((~is_val).sum())),
-                          np.zeros(int((~is_val).sum()), dtype=np.int16), [])
-        acc, predictions[name], C = _fit_score(train, x[is_val], y[is_val], seed)
-        out[name] = {"accuracy": acc, "C": C}
-    out["disagree"] = int(np.sum(predictions["fp32"] != predictions["bf16"]))
-    out["val_images"] = int(len(predictions["fp32"]))
-    return out
+def _resplit(rows: dict[str, SplitData], seed: int) -> tuple[SplitData, np.ndarray, np.ndarray]:
+    """Every labeled centre-crop row, split again (stratified, seeded) with the file's own val share."""
+    val_share = len(rows["val"].labels) / sum(len(s.labels) for s in rows.values())
+    pooled = [rows[s].clean() for s in ("train", "val")]
+    x = np.concatenate([p.features for p in pooled])
+    y = np.concatenate([p.labels for p in pooled])
+    is_val = stratified_split(y, val_share, seed)
+    n = int((~is_val).sum())
+    train = SplitData(x[~is_val], y[~is_val], np.zeros(0), np.arange(n), np.zeros(n, dtype=np.int16), [])
+    return train, x[is_val], y[is_val]
 
 
-def own_split_scores(fp32: dict[str, SplitData], bf16: dict[str, SplitData], seed: int) -> dict:
-    """Accuracy of both precisions on the files' own train/val split (all training views used)."""
+def _own_split(rows: dict[str, SplitData], seed: int) -> tuple[SplitData, np.ndarray, np.ndarray]:
+    """The file's own train split (all its views) and the centre crops of its val split."""
+    val = rows["val"].clean()
+    return rows["train"], val.features, val.labels
+
+
+def paired_scores(fp32: dict[str, SplitData], bf16: dict[str, SplitData], seed: int, split=_resplit) -> dict:
+    """Accuracy of both precisions on the same train/val rows (``split``), and how many val predictions differ."""
     out, predictions = {}, {}
     for name, rows in (("fp32", fp32), ("bf16", bf16)):
-        val = rows["val"].clean()
-        acc, predictions[name], C = _fit_score(rows["train"], val.features, val.labels, seed)
+        train, val_x, val_y = split(rows, seed)
+        acc, predictions[name], C = _fit_score(train, val_x, val_y, seed)
         out[name] = {"accuracy": acc, "C": C}
     out["disagree"] = int(np.sum(predictions["fp32"] != predictions["bf16"]))
     out["val_images"] = int(len(predictions["fp32"]))
@@ -76,9 +75,9 @@ def main(fp32_path: str, bf16_path: str, seeds: int) -> dict:
     fp32, bf16 = _rows(fp32_path), _rows(bf16_path)
     views = bool(np.any(fp32["train"].view > 0))
     if views:
-        runs = [own_split_scores(fp32, bf16, 0)]
+        runs = [paired_scores(fp32, bf16, 0, _own_split)]
     else:
-        runs = [resplit_scores(fp32, bf16, seed) for seed in range(seeds)]
+        runs = [paired_scores(fp32, bf16, seed) for seed in range(seeds)]
     low, mean = cosine(fp32, bf16)
     return {"runs": runs, "cosine_min": low, "cosine_mean": mean, "views": views}
 

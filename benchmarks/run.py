@@ -53,9 +53,6 @@ def main() -> None:
         return result
 
     wanted = set(args.sections.split(",")) if args.sections else None
-    known = {"extraction", "time", "heads", "memory", "precision", "scale", "audit", "phone", "onnx", "fold", "finetune", "sweep", "startup", "decode", "bf16", "compile", "rates"}
-    if wanted is not None and not wanted <= known:
-        raise SystemExit(f"error: unknown sections {', '.join(sorted(wanted - known))} (known: {', '.join(sorted(known))})")
     steps = [("time", "time to accuracy", section_time_to_accuracy, (args.work, args.quick)),
              ("heads", "head scaling", section_head_scaling, (args.quick,)),
              ("memory", "memory", section_memory, (args.work, args.quick)),
@@ -71,6 +68,9 @@ def main() -> None:
              ("bf16", "bf16 evidence", section_precision_evidence, (args.work, args.quick)),
              ("compile", "torch.compile", section_compile, (args.work, args.quick)),
              ("rates", "fine-tuning rates", section_finetune_rates, (args.work, args.quick))]
+    known = {key for key, *_ in steps} | {"extraction", "precision"}
+    if wanted is not None and not wanted <= known:
+        raise SystemExit(f"error: unknown sections {', '.join(sorted(wanted - known))} (known: {', '.join(sorted(known))})")
     if wanted is None or wanted & {"extraction", "precision"}:
         extraction, files, rates = timed("extraction", section_extraction, args.work, args.quick)
         sections.append(extraction)
