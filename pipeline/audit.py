@@ -35,7 +35,7 @@ from pipeline.audit_report import write_outputs
 from pipeline.dedup import duplicate_pairs, groups_from_pairs, unit_rows
 from pipeline.filenames import AUDIT_CSV, AUDIT_EXCLUDE, AUDIT_JSON, AUDIT_PAGE, AUDIT_THUMBS, HEAD_REPORT
 from pipeline.head_maths import HeadTrainingError, check_finite
-from pipeline.heads import C_parameter, choose_C, class_scores, make_estimator, sweep_jobs
+from pipeline.heads import C_parameter, choose_C, class_scores, make_estimator, single_blas_thread, sweep_jobs
 from pipeline.label_issues import confident_learning, neighbour_votes
 from pipeline.metrics import classification_report
 from pipeline.predict_features import head_scores, softmax
@@ -144,7 +144,8 @@ def _probabilities(model: _Model, ff: FeatureFile, train: SplitData, others: dic
     if model.head_dir is not None:
         held_out = {name: softmax(head_scores(model.head_dir, split.features)) for name, split in others.items()}
     else:
-        estimator.set_params(**{C_parameter(estimator): cv.C}).fit(train.features, train.labels)
+        with single_blas_thread():
+            estimator.set_params(**{C_parameter(estimator): cv.C}).fit(train.features, train.labels)
         held_out = {name: softmax(class_scores(estimator, split.features)) for name, split in others.items()}
     info = {"clf": model.clf if model.kernel == "linear" else f"{model.clf}-{model.kernel}", "C": cv.C,
             "C_selection": "fixed by --head" if grid is not None else "cross-validation on the training split",

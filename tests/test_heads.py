@@ -9,7 +9,8 @@ import pytest
 
 from features.store import FeatureFileError
 from pipeline.affine import HeadError, load_affine
-from pipeline.heads import HeadTrainingError, affine_of, choose_C, cv_splits, make_estimator, sweep_jobs
+from pipeline.head_maths import best_C
+from pipeline.heads import C_GRID, HeadTrainingError, affine_of, choose_C, cv_splits, make_estimator, sweep_jobs
 from pipeline.predict_features import predict_split
 from pipeline.train_head import HeadConfig, train_head
 from tests.conftest import blobs, run_cli, write_feature_file
@@ -246,26 +247,41 @@ def test_small_sweeps_run_serially_unless_asked():
     assert sweep_jobs(2, 245, 1280) == 2
 
 
-@pytest.mark.parametrize("n_per_class, n_classes, dim, spread", [(30, 2, 64, 12.0), (40, 5, 128, 12.0), (25, 10, 256, 12.0)])
-def test_warm_started_path_chooses_the_grid_search_C(n_per_class, n_classes, dim, spread):
+def grid_search_curve(X: np.ndarray, y: np.ndarray, groups: np.ndarray, clean: np.ndarray) -> list[tuple[float, float]]:
+    """The C sweep as scikit-learn's GridSearchCV runs it, on the same folds and grid (BLAS threads as they come)."""
+    from sklearn.model_selection import GridSearchCV
 
+    search = GridSearchCV(make_estimator("logreg", 1.0, None, 0), {"clf__C": list(C_GRID)}, scoring="accuracy",
+                          cv=cv_splits(y, groups, clean, 5, 0), refit=False).fit(X, y)
+    return list(zip(C_GRID.tolist(), search.cv_results_["mean_test_score"].tolist()))
+
+
+def assert_same_sweep(X: np.ndarray, y: np.ndarray, groups: np.ndarray, clean: np.ndarray, n_jobs: int = 1) -> None:
+    ours = choose_C(make_estimator("logreg", 1.0, None, 0), X, y, groups, clean, 5, 0, n_jobs)
+    reference = grid_search_curve(X, y, groups, clean)
+    assert ours.C == best_C(reference)[0]
+    assert [C for C, _ in ours.grid] == pytest.approx([C for C, _ in reference])
+    assert [s for _, s in ours.grid] == pytest.approx([s for _, s in reference], abs=1e-9)
+
+
+@pytest.mark.parametrize("n_per_class, n_classes, dim, spread", [(30, 2, 64, 12.0), (40, 5, 128, 12.0), (25, 10, 256, 12.0)])
+def test_sweep_gives_the_grid_search_curve_and_C(n_per_class, n_classes, dim, spread):
     X, y = blobs(n_per_class, n_classes, dim, seed=3, spread=spread)
-    args = (X, y, np.arange(len(y)), np.ones(len(y), bool), 5, 0, 1)
-    warm = choose_C(make_estimator("logreg", 1.0, None, 0), *args, warm_start=True)
-    grid = choose_C(make_estimator("logreg", 1.0, None, 0), *args, warm_start=False)
-    assert warm.C == grid.C
-    assert [s for _, s in warm.grid] == pytest.approx([s for _, s in grid.grid], abs=0.02)
-    assert min(s for _, s in grid.grid) < max(s for _, s in grid.grid)  # the curve has a choice to make
+    assert_same_sweep(X, y, np.arange(len(y)), np.ones(len(y), bool))
+    curve = grid_search_curve(X, y, np.arange(len(y)), np.ones(len(y), bool))
+    assert min(s for _, s in curve) < max(s for _, s in curve)  # the curve has a choice to make
+
+
+def test_sweep_in_two_workers_gives_the_same_curve():
+    X, y = blobs(30, 3, 64, seed=4, spread=12.0)
+    assert_same_sweep(X, y, np.arange(len(y)), np.ones(len(y), bool), n_jobs=2)
 
 
 @pytest.mark.slow
-def test_warm_started_path_chooses_the_grid_search_C_on_real_features(hymenoptera_lite0_views):
+def test_sweep_gives_the_grid_search_C_on_real_features(hymenoptera_lite0, hymenoptera_lite0_views):
     from features.store import FeatureFile
 
-    with FeatureFile(hymenoptera_lite0_views) as ff:
-        train = ff.read_split("train")
-    for rows in (train.view == 0, np.ones(len(train.labels), bool)):  # centre crops only, then with the views
-        args = (train.features[rows], train.labels[rows], train.image_index[rows], train.view[rows] == 0, 5, 0, 1)
-        warm = choose_C(make_estimator("logreg", 1.0, None, 0), *args, warm_start=True)
-        grid = choose_C(make_estimator("logreg", 1.0, None, 0), *args, warm_start=False)
-        assert warm.C == grid.C
+    for path in (hymenoptera_lite0, hymenoptera_lite0_views):
+        with FeatureFile(path) as ff:
+            train = ff.read_split("train")
+        assert_same_sweep(train.features, train.labels, train.image_index, train.view == 0)
