@@ -7,10 +7,11 @@ import os
 import numpy as np
 import pytest
 
+from benchmarks.c_sweep import grid_search_curve
 from features.store import FeatureFileError
 from pipeline.affine import HeadError, load_affine
 from pipeline.head_maths import best_C
-from pipeline.heads import C_GRID, HeadTrainingError, affine_of, choose_C, cv_splits, make_estimator, sweep_jobs
+from pipeline.heads import HeadTrainingError, affine_of, choose_C, cv_splits, make_estimator, sweep_jobs
 from pipeline.predict_features import predict_split
 from pipeline.train_head import HeadConfig, train_head
 from tests.conftest import blobs, run_cli, write_feature_file
@@ -245,15 +246,6 @@ def test_small_sweeps_run_serially_unless_asked():
     assert sweep_jobs(None, 245, 1280) == 1  # hymenoptera: worker start-up would cost more than the sweep
     assert sweep_jobs(None, 1000, 1280) == -1
     assert sweep_jobs(2, 245, 1280) == 2
-
-
-def grid_search_curve(X: np.ndarray, y: np.ndarray, groups: np.ndarray, clean: np.ndarray) -> list[tuple[float, float]]:
-    """The C sweep as scikit-learn's GridSearchCV runs it, on the same folds and grid (BLAS threads as they come)."""
-    from sklearn.model_selection import GridSearchCV
-
-    search = GridSearchCV(make_estimator("logreg", 1.0, None, 0), {"clf__C": list(C_GRID)}, scoring="accuracy",
-                          cv=cv_splits(y, groups, clean, 5, 0), refit=False).fit(X, y)
-    return list(zip(C_GRID.tolist(), search.cv_results_["mean_test_score"].tolist()))
 
 
 def assert_same_sweep(X: np.ndarray, y: np.ndarray, groups: np.ndarray, clean: np.ndarray, n_jobs: int = 1) -> None:
