@@ -22,7 +22,7 @@ from features.backbones import load_backbone
 from features.data import discover
 from features.devices import autocast, keep_freed_memory
 from features.hooks import capture_features
-from features.images import UnreadableImage, load_rgb
+from features.images import UnreadableImage
 
 
 def main(backbone_name: str, weights: str, precision: str, batch: int, allocator: str) -> dict:
@@ -31,7 +31,8 @@ def main(backbone_name: str, weights: str, precision: str, batch: int, allocator
     backbone = load_backbone(backbone_name, weights)
     layout = discover(HYMENOPTERA)
     paths = [os.path.join(layout.root, s.path) for split in layout.splits.values() for s in split]
-    tf = backbone.preprocessing.eval_transform()
+    prep = backbone.preprocessing
+    pixels = prep.eval_pixels()
     model = backbone.model.to(memory_format=torch.channels_last)
     device = torch.device("cpu")
     spent = {"decode": 0.0, "transform": 0.0, "forward": 0.0}
@@ -44,11 +45,11 @@ def main(backbone_name: str, weights: str, precision: str, batch: int, allocator
             images = []
             for path in paths[i:i + batch]:
                 try:
-                    images.append(load_rgb(path))
+                    images.append(prep.load(path))
                 except UnreadableImage:
                     pass
             t1 = time.perf_counter()
-            x = torch.stack([tf(img) for img in images]).contiguous(memory_format=torch.channels_last)
+            x = prep.normalise(torch.stack([pixels(img) for img in images])).contiguous(memory_format=torch.channels_last)
             t2 = time.perf_counter()
             model(x)
             capture.pop().float().numpy()

@@ -16,6 +16,7 @@ from features.cli_common import (CONTEXT_SETTINGS, EXIT_BAD_INPUT, USER_ERRORS, 
                                  device_option,
                                  exit_codes, fail, precision_option, quiet_option, seed_option, workers_option)
 from features.entry import run_command
+from features.prefetch import DECODE_MODES
 from features.store import FeatureFile, FeatureFileError
 
 
@@ -38,8 +39,9 @@ from features.store import FeatureFile, FeatureFileError
 @click.option("--out", "out_path", type=str, help="Output HDF5 file [default: ROOTNAME-BACKBONE.h5].")
 @batch_size_option(32)
 @workers_option(None, "DataLoader decode workers [default: 0 on 2 CPU cores, more on larger machines and GPUs].")
-@click.option("--decode", type=click.Choice(["turn", "thread"]), default="turn", show_default=True,
-              help="Without workers: decode between batches, or in a thread one batch ahead of the model.")
+@click.option("--decode", type=click.Choice(list(DECODE_MODES)), default=None,
+              help="Without workers: decode between batches in this thread (turn) or across the cores (pool), "
+                   "or in a thread one batch ahead of the model (thread) [default: pool].")
 @click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="torch.compile the backbone. auto: on the CPU, only when the forward passes left (timed on the "
                    "first batches) save more than its warm-up of about 30 s.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -13,6 +14,10 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 # Images above this many pixels are refused as possible decompression bombs (PIL's own default).
 MAX_PIXELS = 89_478_485
+
+# Opening sets PIL's global pixel limit and warning filter for a moment: one thread at a
+# time (decoding, the costly part, runs outside the lock).
+_OPEN_LOCK = threading.Lock()
 
 # EXIF tag 0x0112: how the stored pixels must be turned to show the picture upright (1 = as stored).
 EXIF_ORIENTATION = 0x0112
@@ -69,6 +74,18 @@ def _upright(img: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(img)
 
 
+def _open_checked(path: str | os.PathLike) -> Image.Image:
+    """``Image.open`` (the header only) with images above ``MAX_PIXELS`` refused as decompression bombs."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        previous_limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous_limit
+
+
 def load_rgb(path: str | os.PathLike, exif_transpose: bool = True, min_side: int | None = None) -> Image.Image:
     """Decode an image file fully and return it as RGB, upright.
 
@@ -101,18 +118,11 @@ def load_rgb(path: str | os.PathLike, exif_transpose: bool = True, min_side: int
             raise UnreadableImage("file not found")
         if os.path.getsize(path) == 0:
             raise UnreadableImage("empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            previous_limit = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-            try:
-                with Image.open(path) as img:
-                    if min_side:
-                        _reduce_while_decoding(img, min_side)
-                    img.load()
-                    return _to_rgb(_upright(img) if exif_transpose else img)
-            finally:
-                Image.MAX_IMAGE_PIXELS = previous_limit
+        with _open_checked(path) as img:
+            if min_side:
+                _reduce_while_decoding(img, min_side)
+            img.load()
+            return _to_rgb(_upright(img) if exif_transpose else img)
     except UnreadableImage:
         raise
     except UnidentifiedImageError:

@@ -1,16 +1,21 @@
-"""Decoding in a background thread while the model runs: a bounded queue of ready batches.
+"""Decoding in threads: a pool that decodes each batch across the cores between forward
+passes, or a background thread that runs a bounded queue of batches ahead of the model.
 
-PIL decodes and resizes with the GIL released, so a thread overlaps that work with the
-forward pass without a second process (a DataLoader worker pickles every tensor back).
+PIL decodes and resizes with the GIL released, so threads share that work without a
+second process (a DataLoader worker pickles every tensor back).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Iterable, Iterator, TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
+# How extraction decodes without DataLoader workers: between forward passes in the main
+# thread ("turn") or across the cores ("pool"), or one batch ahead in a thread ("thread").
+DECODE_MODES = ("turn", "pool", "thread")
 _DONE = object()
 
 
@@ -77,3 +82,33 @@ def prefetched(items: Iterable[T], depth: int = 2, thread_setup: Callable[[], No
     finally:
         stop.set()
         thread.join()
+
+
+def pooled_batches(items: Sequence[T], batch_size: int, threads: int,
+                   thread_setup: Callable[[], None] | None = None) -> Iterator[list[T]]:
+    """Yield ``items`` in order, in lists of ``batch_size``, each list produced by ``threads`` threads at once.
+
+    A batch is produced only when the consumer asks for it, so the pool and the consumer
+    take turns: on a machine with few cores, the decode and the forward pass each get
+    every core in turn instead of contending for them.
+
+    Parameters
+    ----------
+    items : sequence
+        Indexed (``items[i]``) in the pool's threads; a map-style ``Dataset`` fits.
+    batch_size : int
+        Items per yielded list (the last may be shorter).
+    threads : int
+        Threads of the pool.
+    thread_setup : callable, optional
+        Called first in each thread (e.g. ``torch.set_num_threads(1)``).
+
+    Yields
+    ------
+    list
+        ``[items[i] for i in range(start, start + batch_size)]``. An exception raised by
+        one item is raised here. Closing the generator shuts the pool down and waits for it.
+    """
+    with ThreadPoolExecutor(threads, thread_name_prefix="decode", initializer=thread_setup) as pool:
+        for start in range(0, len(items), batch_size):
+            yield list(pool.map(items.__getitem__, range(start, min(start + batch_size, len(items)))))

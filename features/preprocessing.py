@@ -15,6 +15,7 @@ from PIL import Image
 from features.images import load_rgb
 
 if TYPE_CHECKING:
+    import torch
     from torchvision.transforms import v2
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -94,9 +95,8 @@ class Preprocessing:
         return load_rgb(path, exif_transpose=self.exif_orientation,
                         min_side=self.resize_size if self.jpeg_draft else None)
 
-    def eval_transform(self) -> v2.Compose:
-        """Resize, centre crop, scale to [0, 1] and normalise a PIL RGB image."""
-        import torch
+    def eval_pixels(self) -> v2.Compose:
+        """Resize and centre crop a PIL RGB image to a uint8 CHW tensor (:meth:`normalise` finishes it)."""
         from torchvision.transforms import v2
 
         return v2.Compose(
@@ -104,14 +104,11 @@ class Preprocessing:
                 v2.PILToTensor(),
                 v2.Resize(self.resize_size, interpolation=v2.InterpolationMode(self.interpolation), antialias=True),
                 v2.CenterCrop(self.crop_size),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(self.mean, self.std),
             ]
         )
 
-    def train_transform(self, scale: tuple[float, float] = (0.08, 1.0), flip: bool = True) -> v2.Compose:
-        """Random resized crop (area share ``scale``) and optional horizontal flip, then the same scaling and normalisation."""
-        import torch
+    def train_pixels(self, scale: tuple[float, float] = (0.08, 1.0), flip: bool = True) -> v2.Compose:
+        """Random resized crop (area share ``scale``) and optional horizontal flip, to a uint8 CHW tensor."""
         from torchvision.transforms import v2
 
         steps = [
@@ -122,4 +119,27 @@ class Preprocessing:
         ]
         if flip:
             steps.append(v2.RandomHorizontalFlip())
-        return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
+        return v2.Compose(steps)
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Scale uint8 pixels (``(..., 3, H, W)``, one image or a batch) to [0, 1] and normalise them.
+
+        The same arithmetic per element whether applied to one image or a whole batch, so
+        normalising a batch at once gives the very values of :meth:`eval_transform`.
+        """
+        import torch
+        from torchvision.transforms.v2 import functional as F
+
+        return F.normalize(F.to_dtype(pixels, torch.float32, scale=True), self.mean, self.std)
+
+    def eval_transform(self) -> v2.Compose:
+        """Resize, centre crop, scale to [0, 1] and normalise a PIL RGB image."""
+        from torchvision.transforms import v2
+
+        return v2.Compose([self.eval_pixels(), v2.Lambda(self.normalise)])
+
+    def train_transform(self, scale: tuple[float, float] = (0.08, 1.0), flip: bool = True) -> v2.Compose:
+        """:meth:`train_pixels`, then the same scaling and normalisation."""
+        from torchvision.transforms import v2
+
+        return v2.Compose([self.train_pixels(scale, flip), v2.Lambda(self.normalise)])

@@ -82,22 +82,25 @@ def test_bad_files_are_skipped_with_reasons(tmp_path):
     assert any("skipped train/a/empty.jpg: empty file" in line for line in summary.lines())
 
 
-def test_decoding_in_a_thread_gives_the_same_rows(tmp_path):
+def test_every_decode_mode_gives_the_same_rows(tmp_path):
     root = make_imagefolder(str(tmp_path / "d"), {"train": {"a": 7, "b": 6}, "val": {"a": 3, "b": 3}})
     (tmp_path / "d/train/a/notes.jpg").write_text("not an image")
     files = {}
-    for decode in ("turn", "thread"):
+    for decode in ("turn", "pool", "thread"):
         files[decode] = str(tmp_path / f"{decode}.h5")
         _extract(root, files[decode], views=2, batch_size=4, decode=decode)
-    with FeatureFile(files["turn"]) as a, FeatureFile(files["thread"]) as b:
-        for split in a.splits:
-            x, y = a.read_split(split), b.read_split(split)
-            np.testing.assert_array_equal(x.features, y.features)  # augmented views too: same seeds, same crops
-            np.testing.assert_array_equal(x.image_index, y.image_index)
-            assert x.skipped == y.skipped and list(x.paths) == list(y.paths)
+    with FeatureFile(files["turn"]) as a:
         assert [path for path, _ in a.read_split("train").skipped] == ["train/a/notes.jpg"]
-    with pytest.raises(ValueError, match="without --workers"):
-        _extract(root, str(tmp_path / "both.h5"), decode="thread", workers=1)
+        for other in ("pool", "thread"):
+            with FeatureFile(files[other]) as b:
+                for split in a.splits:
+                    x, y = a.read_split(split), b.read_split(split)
+                    np.testing.assert_array_equal(x.features, y.features)  # views too: same seeds, same crops
+                    np.testing.assert_array_equal(x.image_index, y.image_index)
+                    assert x.skipped == y.skipped and list(x.paths) == list(y.paths)
+    for decode in ("pool", "thread"):
+        with pytest.raises(ValueError, match="applies without --workers"):
+            _extract(root, str(tmp_path / "both.h5"), decode=decode, workers=1)
 
 
 def test_nothing_readable_is_an_error_and_leaves_no_file(tmp_path):

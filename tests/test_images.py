@@ -2,7 +2,9 @@
 
 import io
 import struct
+import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -68,6 +70,28 @@ def test_unreadable_files_give_reasons(tmp_path, name, content, reason):
     path.write_bytes(content)
     with pytest.raises(UnreadableImage, match=reason):
         load_rgb(str(path))
+
+
+def test_decompression_bombs_are_refused_from_many_threads_at_once(tmp_path):
+    """A header just above the pixel limit (PIL only warns there) is refused in every thread,
+    and PIL's global limit and warning filters are as they were afterwards."""
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_with_size(10000, 10000))  # 100 M pixels: between the limit and twice it
+    good = write_image(str(tmp_path / "good.jpg"), 1, size=(300, 200))
+    limit, filters = Image.MAX_IMAGE_PIXELS, list(warnings.filters)
+
+    def outcome(path: str) -> str:
+        try:
+            return "loaded %dx%d" % load_rgb(path).size
+        except UnreadableImage as exc:
+            return str(exc)
+
+    paths = [str(bomb), good] * 200
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(outcome, paths))
+    assert all("decompression bomb" in o for o in outcomes[0::2])
+    assert set(outcomes[1::2]) == {"loaded 300x200"}
+    assert Image.MAX_IMAGE_PIXELS == limit and warnings.filters == filters
 
 
 def test_truncated_jpeg_is_refused(tmp_path):
