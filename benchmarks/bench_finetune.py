@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from benchmarks.common import HYMENOPTERA, run_measured
@@ -159,4 +160,48 @@ def rates_section(records: list[dict], commands: list[str]) -> list[str]:
         gain = max(h["val_accuracy"] for h in r["history"][1:]) - r["history"][0]["val_accuracy"]
         lines.append(f"| {os.path.basename(r['head']).replace('ft-head-', '')} | {RATE_LABELS.get(r['variant'], r['variant'])} "
                      f"| {accs} | {losses} | {gain:+.3f} | {r['seconds'] / (len(r['history']) - 1):.0f} |")
+    return lines + ["", "```"] + commands + ["```", ""]
+
+
+def _nearest(test: dict, rate: float) -> tuple[float, float]:
+    """The tried rate nearest ``rate`` on a log scale, and the smoothed loss there."""
+    i = min(range(len(test["lrs"])), key=lambda k: abs(math.log(test["lrs"][k] / rate)))
+    return test["lrs"][i], test["losses"][i]
+
+
+def section_range_test(out_dir: str, quick: bool) -> list[str]:
+    """What a learning-rate range test from each fused head would choose (``benchmarks/lr_range.py``).
+
+    Parameters
+    ----------
+    out_dir : str
+        Work folder holding (or receiving) the heads of section 11.
+    quick : bool
+        The hymenoptera logreg head only (a smoke run, not for quoting).
+
+    Returns
+    -------
+    list of str
+        The section's Markdown lines.
+    """
+    heads = prepare_heads(out_dir)
+    names = ["hymenoptera"] if quick else ["digits", "hymenoptera", "hymenoptera-imagenet"]
+    lines = ["## 18. Learning-rate range test from the fused head (AdamW, head x10, batch 16, default crops)", "",
+             "`benchmarks/lr_range.py` fuses the head and trains end to end for up to 30 batches with the body's "
+             "rate rising geometrically from 1e-6 to 1e-2, stopping once the smoothed loss (EMA 0.9) reaches 4x "
+             "its lowest; the weights are restored after. fastai's rule suggests a tenth of the rate at the lowest "
+             "loss. Section 17 gives the rate that paid on each head.", "",
+             "| head | batches | s | smoothed loss at the first rate | lowest loss (at rate) | suggested rate | "
+             "loss near 1e-4 | loss near 3e-4 |", "|---|---|---|---|---|---|---|---|"]
+    commands = []
+    for name in names:
+        m = run_measured(["benchmarks/lr_range.py", "--head", heads[name]])
+        commands.append(m.command)
+        test = json.loads(m.stdout)
+        low = min(range(len(test["losses"])), key=test["losses"].__getitem__)
+        suggested = f"{test['suggested']:.2g}" if test["suggested"] is not None else "none (no descent)"
+        near = [_nearest(test, r) for r in (1e-4, 3e-4)]
+        lines.append(f"| {name} | {len(test['lrs'])} | {test['seconds']} | {test['losses'][0]:.3f} | "
+                     f"{test['losses'][low]:.3f} ({test['lrs'][low]:.2g}) | {suggested} | "
+                     + " | ".join(f"{loss:.3f} ({rate:.2g})" for rate, loss in near) + " |")
     return lines + ["", "```"] + commands + ["```", ""]

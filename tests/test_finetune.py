@@ -105,3 +105,29 @@ def test_finetune_auto_from_the_command_line(tiny_pipeline, tmp_path):
     assert f"epoch {ft['best_epoch']}" in r.stdout
     bad = run_cli("-m pipeline.fuse", "--head", head, "--out", str(tmp_path / "x"), "--crop-scale", "1,0.5")
     assert bad.returncode == 2 and "--crop-scale" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_range_test_suggests_a_tenth_of_the_lowest_loss_or_nothing():
+    from benchmarks.lr_range import geometric_rates, smoothed, suggest_lr
+
+    rates = geometric_rates(1e-6, 1e-2, 5)
+    assert rates[0] == pytest.approx(1e-6) and rates[-1] == pytest.approx(1e-2) and rates[2] == pytest.approx(1e-4)
+    assert smoothed([2.0] * 4) == pytest.approx([2.0] * 4)  # bias-corrected: a constant stays itself
+    assert suggest_lr(rates, [1.0, 0.8, 0.5, 0.9, 3.0]) == pytest.approx(1e-5)
+    assert suggest_lr(rates, [1.0, 0.99, 1.2, 2.0, 4.0]) is None  # nothing lowered the loss by 5 %
+
+
+def test_range_test_restores_the_model_and_stops_on_divergence(tiny_setup):
+    from benchmarks.lr_range import lr_range_test
+    from pipeline.finetune import _loaders, make_optimizer, parameter_groups
+
+    root, items, backbone = tiny_setup
+    cfg = FinetuneConfig(epochs=1, batch_size=4, optimizer="sgd", progress=False)
+    loader, _ = _loaders(backbone, root, items["train"], None, cfg, (0.5, 1.0), torch.Generator().manual_seed(0))
+    model = backbone.model
+    before, rng = _params(model), torch.get_rng_state()
+    test = lr_range_test(model, loader, lambda r: make_optimizer(parameter_groups(model, "fc", r, 10.0), cfg),
+                         torch.nn.CrossEntropyLoss(), torch.device("cpu"), "fp32", lr_min=1e-3, lr_max=1e4, steps=30)
+    assert not _changed(before, _params(model), "") and torch.equal(torch.get_rng_state(), rng)
+    assert 5 < len(test.lrs) < 30  # SGD at rates up to 1e4 diverges before the last step
+    assert test.lrs == sorted(test.lrs) and len(test.losses) == len(test.lrs)
