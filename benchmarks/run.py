@@ -106,7 +106,7 @@ def _replace_sections(path: str, sections: list[list[str]], command: str) -> Non
         number = re.match(r"## (\d+)\.", lines[0]).group(1)
         block = "\n".join([lines[0], "", stamp] + lines[1:]) + "\n"
         pattern = re.compile(rf"^## {number}\..*?(?=^## \d+\.|\Z)", re.S | re.M)
-        text = pattern.sub(lambda _: block + "\n", text, count=1) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
+        text = pattern.sub(lambda _: block, text, count=1) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(text)
 

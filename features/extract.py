@@ -39,6 +39,7 @@ from features.writer import FeatureWriter, check_output_path, final_file_up_to_d
 
 _GLOBAL_RNG = threading.Lock()  # held while torch's global generator is reseeded for augmented views
 
+
 @dataclass
 class ExtractConfig:
     """Everything one extraction run depends on (the CLI fills this from its options).
