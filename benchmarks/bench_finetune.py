@@ -231,10 +231,11 @@ def section_small_source(out_dir: str, quick: bool) -> list[str]:
     list of str
         The section's Markdown lines.
     """
+    prepare_heads(out_dir)  # the digits and hymenoptera feature files compared below
     root = os.path.join(out_dir, f"hymenoptera_{SMALL_SIDE}px")
     feats, head = f"{root}.h5", os.path.join(out_dir, f"ft-head-hymenoptera_{SMALL_SIDE}px")
-    steps = [] if os.path.isdir(root) else [["benchmarks/small_source.py", HYMENOPTERA, root, str(SMALL_SIDE)]]
-    steps += [["run_extract.py", "--data", root, "--out", feats, "--overwrite", "--quiet"],
+    steps = [["benchmarks/small_source.py", HYMENOPTERA, root, str(SMALL_SIDE)],
+             ["run_extract.py", "--data", root, "--out", feats, "--overwrite", "--quiet"],
               ["run_head.py", "--features", feats, "--clf", "logreg", "--out", head]]
     commands = [run_measured(args).command for args in steps]
     jsonl = os.path.join(out_dir, f"ft-rates-hymenoptera_{SMALL_SIDE}px.jsonl")
@@ -245,6 +246,9 @@ def section_small_source(out_dir: str, quick: bool) -> list[str]:
                                   "--epochs", "1" if quick else "3", "--json", jsonl]).command)
     with open(jsonl, encoding="utf-8") as fh:
         records = [json.loads(line) for line in fh]
+    familiar = run_measured(["benchmarks/imagenet_confidence.py", os.path.join(out_dir, "ft-digits.h5"),
+                             os.path.join(out_dir, "ft-hymenoptera.h5"), feats])
+    commands.append(familiar.command)
     lines = [f"## 19. Fine-tuning: small sources or unfamiliar content? (hymenoptera at {SMALL_SIDE} px, AdamW, "
              "head x10, 3 epochs)", "",
              f"`benchmarks/small_source.py` reduces every hymenoptera image to a {SMALL_SIDE}-px shorter side (PNG), "
@@ -252,4 +256,14 @@ def section_small_source(out_dir: str, quick: bool) -> list[str]:
              "rates as section 17 (where 3e-4 paid on digits) fine-tune its logreg head.", "",
              "| head | body lr | val accuracy by epoch (0 = the fused head) | train loss by epoch | gain | s per epoch |",
              "|---|---|---|---|---|---|"]
-    return lines + rate_rows(records) + ["", "```"] + commands + ["```", ""]
+    lines += rate_rows(records)
+    lines += ["", "How familiar each training set looks to Lite0's own ImageNet classifier "
+              "(`benchmarks/imagenet_confidence.py`, over the cached train features): a possible signal for "
+              "the rate, with one dataset on the side that wanted a higher rate, too few to set a threshold.", "",
+              "| feature file | train rows | mean top-class probability | median | mean entropy (nats) |",
+              "|---|---|---|---|---|"]
+    for line in familiar.stdout.splitlines():
+        r = json.loads(line)
+        lines.append(f"| {os.path.basename(r['file'])} | {r['rows']} | {r['mean_top']:.3f} | {r['median_top']:.3f} | "
+                     f"{r['mean_entropy']:.2f} |")
+    return lines + ["", "```"] + commands + ["```", ""]
