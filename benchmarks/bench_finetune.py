@@ -151,15 +151,14 @@ def rates_section(records: list[dict], commands: list[str]) -> list[str]:
     lines = ["## 17. Fine-tuning: the body's learning rate, per dataset (AdamW, head x10, 3 epochs, whole train split)",
              "", "Each row fuses the head afresh and fine-tunes it with the default recipe at another body learning "
              "rate (`benchmarks/finetune_recipes.py`; cosine decay over the 3 epochs). Gain: the best fine-tuned "
-             "epoch's val accuracy minus the fused head's (epoch 0).", "",
-             "| head | body lr | val accuracy by epoch (0 = the fused head) | train loss by epoch | gain | s per epoch |",
-             "|---|---|---|---|---|---|"]
+             "epoch's val accuracy minus the fused head's (epoch 0).", ""]
     return lines + rate_rows(records) + ["", "```"] + commands + ["```", ""]
 
 
 def rate_rows(records: list[dict]) -> list[str]:
-    """One table row per record of ``finetune_recipes.py``: val accuracy and loss by epoch, gain, time."""
-    rows = []
+    """A table with one row per record of ``finetune_recipes.py``: val accuracy and loss by epoch, gain, time."""
+    rows = ["| head | body lr | val accuracy by epoch (0 = the fused head) | train loss by epoch | gain | s per epoch |",
+            "|---|---|---|---|---|---|"]
     for r in records:
         accs = " / ".join(f"{h['val_accuracy']:.3f}" for h in r["history"])
         losses = " / ".join(f"{h['train_loss']:.3f}" for h in r["history"][1:])
@@ -196,7 +195,9 @@ def section_range_test(out_dir: str, quick: bool) -> list[str]:
              "`benchmarks/lr_range.py` fuses the head and trains end to end for up to 30 batches with the body's "
              "rate rising geometrically from 1e-6 to 1e-2, stopping once the smoothed loss (EMA 0.9) reaches 4x "
              "its lowest; the weights are restored after. fastai's rule suggests a tenth of the rate at the lowest "
-             "loss. Section 17 gives the rate that paid on each head.", "",
+             "loss, or none where the lowest is not 5 % below the first. The smoothing trails the rate by several "
+             "batches (each raises it 1.37x), so a loss shown at a rate was mostly earned at lower ones; the rate "
+             "in brackets is the nearest one tried. Section 17 gives the rate that paid on each head.", "",
              "| head | batches | s | smoothed loss at the first rate | lowest loss (at rate) | suggested rate | "
              "loss near 1e-4 | loss near 3e-4 |", "|---|---|---|---|---|---|---|---|"]
     commands = []
@@ -250,12 +251,10 @@ def section_small_source(out_dir: str, quick: bool) -> list[str]:
                              os.path.join(out_dir, "ft-hymenoptera.h5"), feats])
     commands.append(familiar.command)
     lines = [f"## 19. Fine-tuning: small sources or unfamiliar content? (hymenoptera at {SMALL_SIDE} px, AdamW, "
-             "head x10, 3 epochs)", "",
+             f"head x10, {1 if quick else 3} epochs)", "",
              f"`benchmarks/small_source.py` reduces every hymenoptera image to a {SMALL_SIDE}-px shorter side (PNG), "
-             "smaller than the digits demo's 64-px images, but still photos of what ImageNet knows; the same "
-             "rates as section 17 (where 3e-4 paid on digits) fine-tune its logreg head.", "",
-             "| head | body lr | val accuracy by epoch (0 = the fused head) | train loss by epoch | gain | s per epoch |",
-             "|---|---|---|---|---|---|"]
+             "photos of what ImageNet knows, stored smaller than the digits demo's 8x8 drawings (upscaled to 64 px); the same "
+             "rates as section 17 (where 3e-4 paid on digits) fine-tune its logreg head.", ""]
     lines += rate_rows(records)
     lines += ["", "How familiar each training set looks to Lite0's own ImageNet classifier "
               "(`benchmarks/imagenet_confidence.py`, over the cached train features): a possible signal for "

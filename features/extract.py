@@ -58,7 +58,8 @@ class ExtractConfig:
     batch_size: int = 32
     workers: int | None = None
     # Without workers, between batches: "turn" in this thread, "pool" across the cores (None: the
-    # default, measured fastest on 2 cores); "thread": one batch ahead. Workers decode on their own.
+    # default, measured fastest on 2 cores); "thread": one batch ahead. None leaves the choice of
+    # workers to the device (default_workers); an explicit mode decodes in this process.
     decode: str | None = None
     compile: str = "auto"  # torch.compile: "auto" where its warm-up is repaid (features.compiling), "on", "off"
     device: str = "auto"
@@ -199,7 +200,7 @@ def _keep_as_list(batch):
 
 
 def _single_threaded_worker(_worker_id: int = 0) -> None:
-    # Transforms in a worker (or the decode thread: OpenMP's thread count is per thread) must not start
+    # Transforms in a worker (or a decode thread: OpenMP's thread count is per thread) must not start
     # their own thread pool: the cores belong to the forward pass.
     torch.set_num_threads(1)
 
@@ -392,7 +393,9 @@ class _SplitRunner:
         """Extract every unfinished split into ``writer``; returns (images processed, seconds) per split."""
         keep_freed_memory()
         self.backbone.model.to(self.device).to(memory_format=torch.channels_last)
-        workers = default_workers(self.device) if self.cfg.workers is None else self.cfg.workers
+        workers = self.cfg.workers
+        if workers is None:  # an explicit --decode asks for decoding in this process
+            workers = 0 if self.cfg.decode else default_workers(self.device)
         todo = [split for split in splits if not writer.split_complete(split)]
         views = {split: self.cfg.views if split == self.views_split else 0 for split in todo}
         forward = BatchForward(self.backbone.model, self.cfg.compile, self.device, self.precision, self.cfg.batch_size,

@@ -122,6 +122,10 @@ def load_rgb(path: str | os.PathLike, exif_transpose: bool = True, min_side: int
             if min_side:
                 _reduce_while_decoding(img, min_side)
             img.load()
+            # Some formats (TIFF tiles, ICO and GIF frames) only learn their size while loading:
+            # checked here as well, without PIL's warning filter, which other threads may hold.
+            if img.width * img.height > MAX_PIXELS:
+                raise UnreadableImage(f"too many pixels, possible decompression bomb ({img.width}x{img.height})")
             return _to_rgb(_upright(img) if exif_transpose else img)
     except UnreadableImage:
         raise

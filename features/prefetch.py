@@ -1,7 +1,7 @@
 """Decoding in threads: a pool that decodes each batch across the cores between forward
 passes, or a background thread that runs a bounded queue of batches ahead of the model.
 
-PIL decodes and resizes with the GIL released, so threads share that work without a
+PIL decodes and torch resizes with the GIL released, so threads share that work without a
 second process (a DataLoader worker pickles every tensor back).
 """
 

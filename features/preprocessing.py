@@ -125,7 +125,7 @@ class Preprocessing:
         """Scale uint8 pixels (``(..., 3, H, W)``, one image or a batch) to [0, 1] and normalise them.
 
         The same arithmetic per element whether applied to one image or a whole batch, so
-        normalising a batch at once gives the very values of :meth:`eval_transform`.
+        normalising a batch at once gives the very values of normalising each image alone.
         """
         import torch
         from torchvision.transforms.v2 import functional as F

@@ -103,6 +103,20 @@ def test_every_decode_mode_gives_the_same_rows(tmp_path):
             _extract(root, str(tmp_path / "both.h5"), decode=decode, workers=1)
 
 
+def test_a_batch_normalised_at_once_equals_each_image_normalised_alone(tmp_path):
+    import torch
+    from torchvision.transforms import v2
+
+    from features.backbones import load_backbone
+
+    prep = load_backbone("tiny_cnn", "none").preprocessing
+    images = [prep.load(write_image(str(tmp_path / f"{i}.jpg"), i, size=(300 + 20 * i, 200))) for i in range(5)]
+    one_by_one = v2.Compose([prep.eval_pixels(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(prep.mean, prep.std)])
+    batch = prep.normalise(torch.stack([prep.eval_pixels()(img) for img in images]))
+    assert batch.dtype == torch.float32
+    assert torch.equal(batch, torch.stack([one_by_one(img) for img in images]))
+
+
 def test_nothing_readable_is_an_error_and_leaves_no_file(tmp_path):
     (tmp_path / "d/a").mkdir(parents=True)
     (tmp_path / "d/a/x.jpg").write_bytes(b"")
