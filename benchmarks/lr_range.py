@@ -26,7 +26,7 @@ from torch import nn
 from features.devices import autocast, resolve_train_precision
 from pipeline.affine import load_affine
 from pipeline.build_model import BuildConfig, file_splits
-from pipeline.finetune import (FinetuneConfig, _loaders, _set_phase, crop_scale_for, freeze_lowest, make_optimizer,
+from pipeline.finetune import (FinetuneConfig, _loaders, _logits, _set_phase, crop_scale_for, freeze_lowest, make_optimizer,
                                parameter_groups, source_short_side)
 from pipeline.fusing import fuse_head
 from pipeline.rebuild import rebuild_backbone
@@ -168,7 +168,7 @@ def lr_range_test(model: nn.Module, loader: Iterable, make_optimiser: Callable[[
             optimiser.zero_grad(set_to_none=True)
             with autocast(device, precision):
                 output = model(x)
-            loss = loss_fn((output.logits if hasattr(output, "logits") else output).float(), y)
+            loss = loss_fn(_logits(output).float(), y)
             loss.backward()
             optimiser.step()
             value = float(loss.detach())

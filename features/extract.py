@@ -168,8 +168,8 @@ class ImageRows(Dataset):
                  views: int, seed: int) -> None:
         self.root, self.split, self.samples, self.first, self.offset = root, split, samples, first, offset
         self.preprocessing = backbone.preprocessing
-        self.eval_tf = backbone.preprocessing.eval_pixels()
-        self.train_tf = backbone.preprocessing.train_pixels()
+        self.eval_pixels = backbone.preprocessing.eval_pixels()
+        self.train_pixels = backbone.preprocessing.train_pixels()
         self.views, self.seed = views, seed
 
     def __len__(self) -> int:
@@ -184,14 +184,14 @@ class ImageRows(Dataset):
             img = self.preprocessing.load(os.path.join(self.root, sample.path))
         except UnreadableImage as exc:
             return index, None, str(exc)
-        tensors = [self.eval_tf(img)]
+        tensors = [self.eval_pixels(img)]
         # The views draw from torch's global generator, seeded per view: one thread at a time,
         # or a decode pool's threads would reseed it under each other.
         with _GLOBAL_RNG:
             for v in range(1, self.views + 1):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(view_seed(self.seed, self.split, self.offset + index, v))
-                    tensors.append(self.train_tf(img))
+                    tensors.append(self.train_pixels(img))
         return index, torch.stack(tensors), None
 
 
