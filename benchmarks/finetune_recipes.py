@@ -15,14 +15,15 @@ from dataclasses import replace
 import click
 import torch
 
-from features.devices import resolve_train_precision
+from features.devices import resolve_precision
 from pipeline.affine import load_affine
 from pipeline.build_model import BuildConfig, file_splits
 from pipeline.finetune import FinetuneConfig, PHOTO_CROP_SCALE, finetune
 from pipeline.fusing import fuse_head
 from pipeline.rebuild import rebuild_backbone
 
-# Each variant changes the default recipe in one respect; "previous" is the recipe before it.
+# Each variant changes the default recipe in one respect; "previous" is the recipe before it; "bf16" and
+# "fp32" keep the recipe and force the training precision (the default is `resolve_precision("auto")`).
 VARIANTS = {
     "default": {},
     "previous": dict(optimizer="sgd", lr=1e-3, train_bn=True, dropout=True, crop_scale=(0.08, 1.0),
@@ -43,6 +44,7 @@ VARIANTS = {
     "top5": dict(freeze_stages=15),
     "sgd_top5": dict(optimizer="sgd", lr=1e-3, freeze_stages=15),
     "bf16": dict(),
+    "fp32": dict(),
 }
 
 
@@ -57,7 +59,7 @@ def run_variant(head_dir: str, name: str, epochs: int, max_train: int | None, se
     fuse_head(backbone, head)
     cfg = replace(FinetuneConfig(epochs=epochs, seed=seed, progress=False), **VARIANTS[name])
     device = torch.device("cpu")
-    precision = "bf16" if name == "bf16" else resolve_train_precision("auto", device)
+    precision = name if name in ("bf16", "fp32") else resolve_precision("auto", device)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         result = finetune(backbone, splits.root, train, splits.val, cfg, device, precision, tmp)

@@ -23,7 +23,7 @@ import click
 import torch
 from torch import nn
 
-from features.devices import autocast, resolve_train_precision
+from features.devices import autocast, resolve_precision
 from pipeline.affine import load_affine
 from pipeline.build_model import BuildConfig, file_splits
 from pipeline.finetune import (FinetuneConfig, _loaders, _logits, _set_phase, crop_scale_for, freeze_lowest, make_optimizer,
@@ -196,7 +196,7 @@ def range_test_from_head(head_dir: str, seed: int = 0) -> dict:
     fuse_head(backbone, head)
     cfg = FinetuneConfig(epochs=1, seed=seed, progress=False)
     device = torch.device("cpu")
-    precision = resolve_train_precision("auto", device)
+    precision = resolve_precision("auto", device)
     model, slot = backbone.model, backbone.spec.classifier_slot
     model.requires_grad_(True)
     frozen = freeze_lowest(model, slot, cfg.freeze_stages)

@@ -4,7 +4,7 @@
 
 ``--sections audit,phone`` runs only the named sections (``extraction``, ``time``, ``heads``,
 ``memory``, ``precision``, ``scale``, ``audit``, ``phone``, ``onnx``, ``fold``, ``finetune``, ``sweep``,
-``startup``, ``decode``, ``bf16``, ``compile``, ``rates``, ``rangetest``, ``smallsource``; ``precision`` needs
+``startup``, ``decode``, ``bf16``, ``compile``, ``rates``, ``rangetest``, ``smallsource``, ``cpuprecision``; ``precision`` needs
 ``extraction``)
 and replaces them in the existing file, each marked with its own command, date and machine.
 """
@@ -19,6 +19,7 @@ import time
 
 from benchmarks.bench_audit import section_audit
 from benchmarks.bench_compile import section_compile
+from benchmarks.bench_cpu_precision import section_cpu_precision
 from benchmarks.bench_decode import section_decode
 from benchmarks.bench_finetune import (section_finetune, section_finetune_rates, section_range_test,
                                       section_small_source)
@@ -70,7 +71,8 @@ def main() -> None:
              ("compile", "torch.compile", section_compile, (args.work, args.quick)),
              ("rates", "fine-tuning rates", section_finetune_rates, (args.work, args.quick)),
              ("rangetest", "learning-rate range test", section_range_test, (args.work, args.quick)),
-             ("smallsource", "fine-tuning small sources", section_small_source, (args.work, args.quick))]
+             ("smallsource", "fine-tuning small sources", section_small_source, (args.work, args.quick)),
+             ("cpuprecision", "precision on this CPU", section_cpu_precision, (args.work, args.quick))]
     known = {key for key, *_ in steps} | {"extraction", "precision"}
     if wanted is not None and not wanted <= known:
         raise SystemExit(f"error: unknown sections {', '.join(sorted(wanted - known))} (known: {', '.join(sorted(known))})")
@@ -100,8 +102,10 @@ def main() -> None:
 
 def _replace_sections(path: str, sections: list[list[str]], command: str) -> None:
     """Put each new section in place of the one with the same number (or at the end), marked with its run."""
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
+    text = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
     stamp = (f"_This section was measured separately, by `{command}` on {dt.date.today().isoformat()}:_ "
              + " ".join(line.lstrip("- ") for line in machine_description()))
     for lines in sections:

@@ -71,13 +71,15 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device, native_bf16: bool | None = None) -> str:
-    """Pick the autocast precision for extraction.
+    """Pick the autocast precision for extraction and for fine-tuning.
 
     ``auto`` is fp16 autocast on CUDA; on the CPU it is bf16 where the CPU computes bf16
-    natively (AMX or AVX512-BF16) and fp32 elsewhere. BENCHMARKS.md section 15 measured
-    bf16 against fp32 features over 23 paired runs on two datasets: mean val accuracy
-    0.9480 against 0.9483 (better in 8, equal in 9, worse in 6), for an extraction 1.5x to
-    1.9x as fast on an AMX CPU. Without native bf16 the conversions cost more than they save.
+    natively (AMX or AVX512-BF16) and fp32 elsewhere, where bf16 is emulated and its
+    conversions cost more than they save. BENCHMARKS.md section 15 measured bf16 against
+    fp32 features over 23 paired runs on two datasets (mean val accuracy 0.9483 against
+    0.9481) for an extraction 1.4x to 2.4x as fast on an AMX CPU; section 20 measures both
+    precisions on the CPU at hand (on an AVX512-BF16 CPU without AMX: extraction 1.47x, a
+    fine-tuning epoch 1.25x as fast in bf16). Training keeps fp32 master weights.
 
     Parameters
     ----------
@@ -95,21 +97,6 @@ def resolve_precision(precision: str, device: torch.device, native_bf16: bool | 
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("--precision fp16 is only supported on CUDA; use bf16 or fp32 on CPU")
     return precision
-
-
-def resolve_train_precision(precision: str, device: torch.device) -> str:
-    """Autocast precision for training (fine-tuning).
-
-    ``auto``: fp16 AMP on CUDA, bf16 autocast on CPUs with AMX, else fp32. Training
-    keeps fp32 master weights and is validated in fp32 every epoch; on an AVX512-BF16
-    CPU without AMX, bf16 autocast trained slower than fp32 (about 10 against 12.3
-    img/s for Lite0), so only AMX gets it by default.
-    """
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "fp16"
-    return "bf16" if cpu_has_amx() else "fp32"
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

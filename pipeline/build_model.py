@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from features.data import DatasetError
-from features.devices import keep_freed_memory, resolve_device, resolve_train_precision
+from features.devices import keep_freed_memory, resolve_device, resolve_precision
 from features.folding import fold_batchnorm
 from features.store import FeatureFile, FeatureFileError
 from pipeline.affine import check_identity, load_affine
@@ -190,7 +190,7 @@ def _finetune(cfg: BuildConfig, backbone, splits: FileSplits, out_dir: str, log)
         raise DatasetError("the feature file has no labeled training split to fine-tune on")
     ft = cfg.finetune
     device = resolve_device(cfg.device)
-    precision = resolve_train_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device)
     keep_freed_memory()
     validation = f"validating on {splits.val_split} ({len(splits.val)} images)" if splits.val else "no val split"
     most = f"up to {ft.epochs} epochs, stopping after {ft.patience} without improvement" if ft.patience else f"{ft.epochs} epochs"

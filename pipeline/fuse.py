@@ -75,7 +75,7 @@ def parse_crop_scale(text: str) -> tuple[float, float] | None:
 @batch_size_option(16)
 @workers_option(0, "DataLoader decode workers for fine-tuning.")
 @device_option()
-@precision_option("Fine-tuning autocast; auto: bf16 on CPUs with AMX, fp16 AMP on CUDA, else fp32.")
+@precision_option("Fine-tuning autocast; auto: bf16 on CPUs with AMX or AVX512-BF16, fp16 AMP on CUDA, else fp32.")
 @seed_option()
 @click.option("--resume", is_flag=True, help="Continue an interrupted fine-tune from MODEL_DIR/checkpoint.pt.")
 @click.option("--onnx/--no-onnx", default=None,
