@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(PY) run_extract.py --data $(DEMO)/digits --out $(DEMO)/digits-lite0.h5
 	$(PY) run_head.py --features $(DEMO)/digits-lite0.h5 --clf logreg --out $(DEMO)/head
 	$(PY) run_head.py predict --head $(DEMO)/head --features $(DEMO)/digits-lite0.h5 --split val --out $(DEMO)/val_predictions.csv
-	$(PY) -m pipeline.fuse --head $(DEMO)/head --out $(DEMO)/model --finetune-epochs 3 --lr 3e-4 --no-flip
+	$(PY) -m pipeline.fuse --head $(DEMO)/head --out $(DEMO)/model --finetune-epochs 3 --no-flip
 	$(PY) -m pipeline.predict --model $(DEMO)/model --top-k 2 $$(ls $(DEMO)/digits/val/digit_3/* | head -n 4)
 
 test: $(STAMP)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 
 from benchmarks.common import HYMENOPTERA, run_measured
 
@@ -114,7 +115,7 @@ def section_finetune(out_dir: str, quick: bool) -> list[str]:
 RATE_RUNS = (("digits", "default,adamw_lr1e-4,adamw_lr3e-4"),
              ("hymenoptera", "default,adamw_lr3e-5,adamw_lr1e-4,adamw_lr3e-4"),
              ("hymenoptera-imagenet", "default,adamw_lr1e-4"))
-RATE_LABELS = {"default": "1e-5 (default)", "adamw_lr3e-5": "3e-5", "adamw_lr1e-4": "1e-4", "adamw_lr3e-4": "3e-4"}
+RATE_LABELS = {"default": "1e-5", "adamw_lr3e-5": "3e-5", "adamw_lr1e-4": "1e-4", "adamw_lr3e-4": "3e-4"}
 
 
 def section_finetune_rates(out_dir: str, quick: bool) -> list[str]:
@@ -266,3 +267,90 @@ def section_small_source(out_dir: str, quick: bool) -> list[str]:
         lines.append(f"| {os.path.basename(r['file'])} | {r['rows']} | {r['mean_top']:.3f} | {r['median_top']:.3f} | "
                      f"{r['mean_entropy']:.2f} |")
     return lines + ["", "```"] + commands + ["```", ""]
+
+
+SHAPES = ("shapes", 100, 50)  # folder name, train and val images per class
+
+
+def _small_source_head(out_dir: str) -> tuple[str, list[str]]:
+    """Section 19's 40-px hymenoptera feature file, made if missing; its path and the commands run."""
+    root = os.path.join(out_dir, f"hymenoptera_{SMALL_SIDE}px")
+    feats = f"{root}.h5"
+    if os.path.exists(feats):
+        return feats, []
+    steps = [["benchmarks/small_source.py", HYMENOPTERA, root, str(SMALL_SIDE)],
+             ["run_extract.py", "--data", root, "--out", feats, "--overwrite", "--quiet"]]
+    return feats, [run_measured(args).command for args in steps]
+
+
+def section_rate_rule(out_dir: str, quick: bool) -> list[str]:
+    """``--lr auto``: generated shapes as a second unfamiliar dataset, familiarity per dataset, and the digits demo's
+    default command.
+
+    Parameters
+    ----------
+    out_dir : str
+        Work folder for the datasets, feature files, heads and models.
+    quick : bool
+        Fewer images, one epoch (a smoke run, not for quoting).
+
+    Returns
+    -------
+    list of str
+        The section's Markdown lines.
+    """
+    heads = prepare_heads(out_dir)
+    name, train_per_class, val_per_class = SHAPES
+    if quick:
+        train_per_class, val_per_class = 10, 5
+    epochs = "1" if quick else "3"
+    root = os.path.join(out_dir, name)
+    feats, head = f"{root}.h5", os.path.join(out_dir, f"ft-head-{name}")
+    steps = [["benchmarks/shapes_data.py", root, str(train_per_class), str(val_per_class), "0"],
+             ["run_extract.py", "--data", root, "--out", feats, "--overwrite", "--quiet"],
+             ["run_head.py", "--features", feats, "--clf", "logreg", "--out", head]]
+    if os.path.isdir(root):
+        shutil.rmtree(root)  # written afresh: the generator's output is the dataset
+    commands = [run_measured(args).command for args in steps]
+    small_feats, small_commands = _small_source_head(out_dir)
+    commands += small_commands
+    jsonl = os.path.join(out_dir, f"ft-rates-{name}.jsonl")
+    if os.path.exists(jsonl):
+        os.remove(jsonl)
+    commands.append(run_measured(["benchmarks/finetune_recipes.py", "--head", head, "--variants",
+                                  "default,adamw_lr3e-4", "--epochs", epochs, "--json", jsonl]).command)
+    with open(jsonl, encoding="utf-8") as fh:
+        records = [json.loads(line) for line in fh]
+    files = [os.path.join(out_dir, "ft-digits.h5"), feats, small_feats, os.path.join(out_dir, "ft-hymenoptera.h5")]
+    familiar = run_measured(["benchmarks/imagenet_confidence.py", *files])
+    commands.append(familiar.command)
+    model = os.path.join(out_dir, "ft-model-digits-auto")
+    demo = ["-m", "pipeline.fuse", "--head", heads["digits"], "--out", model, "--finetune-epochs", epochs,
+            "--no-flip", "--no-onnx", "--quiet"]
+    if os.path.isdir(model):
+        shutil.rmtree(model)
+    commands.append(run_measured(demo).command)
+    with open(os.path.join(model, "model.json"), encoding="utf-8") as fh:
+        ft = json.load(fh)["finetune"]
+
+    lines = ["## 21. Choosing the body's rate: `--lr auto` from the backbone's own ImageNet classifier", "",
+             f"`benchmarks/shapes_data.py` draws {6 * train_per_class} train and {6 * val_per_class} val images of six "
+             "outlined shapes among random strokes on noise, at 96 px: drawings, like the digits demo, but stored near the "
+             "input size. Its logreg head is fine-tuned at the two rates that split sections 17 and 19 "
+             f"(AdamW, head x10, {epochs} epochs):", ""]
+    lines += rate_rows(records)
+    lines += ["", "The mean top-class probability of Lite0's ImageNet classifier over each training set's cached features, "
+              "and the rate `--lr auto` takes from it (3e-4 below 0.25, else 1e-5; `benchmarks/imagenet_confidence.py`), "
+              "against the rate that paid in sections 17, 19 and above:", "",
+              "| feature file | train rows | mean top-class probability | mean entropy (nats) | `--lr auto` |",
+              "|---|---|---|---|---|"]
+    for line in familiar.stdout.splitlines():
+        r = json.loads(line)
+        lines.append(f"| {os.path.basename(r['file'])} | {r['rows']} | {r['mean_top']:.3f} | {r['mean_entropy']:.2f} "
+                     f"| {r['auto_lr']:g} |")
+    accs = " / ".join(f"{h['val_accuracy']:.4f}" for h in ft["history"])
+    lines += ["", f"The digits demo's command with the rate left to `--lr auto` (the whole train split, "
+              f"{ft['train_images']} images): body rate {ft['lr']:g}, val accuracy by epoch {accs}, kept epoch "
+              f"{ft['best_epoch']} ({ft['best_val_accuracy']:.4f}), {ft['seconds'] / max(1, len(ft['history']) - 1):.0f} s "
+              f"per epoch ({ft['precision']}).", "", "```"] + commands + ["```", ""]
+    return lines

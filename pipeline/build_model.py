@@ -22,6 +22,7 @@ from pipeline.model_meta import MODEL_FORMAT, MODEL_FORMAT_VERSION
 from pipeline.file_splits import split_images, train_and_val
 from pipeline.filenames import CHECKPOINT, HEAD_REPORT
 from pipeline.finetune import FinetuneConfig, LabelledImages, finetune
+from pipeline.learning_rate import FAMILIARITY_THRESHOLD, FAMILIAR_LR, RateChoice, choose_lr
 from pipeline.fusing import fuse_head, verify_fused
 from pipeline.rebuild import rebuild_backbone
 
@@ -140,6 +141,10 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
     eval_tf = backbone.preprocessing.eval_transform()
     check = real_batch(splits.root, splits.val or splits.train, backbone.preprocessing, eval_tf, cfg.check_images)
 
+    rate = None
+    if cfg.finetune and cfg.finetune.epochs > 0 and cfg.finetune.lr is None:
+        # Asked before fusing: the backbone's own ImageNet classifier is replaced by the head.
+        rate = choose_lr(backbone, _features_path(cfg, head), splits.train_split, head.feature_identity.weights)
     fuse_head(backbone, head)
     diff = verify_fused(backbone, head, check)
     log(f"fused {head.clf} head into {backbone.spec.name}.{backbone.spec.classifier_slot}: "
@@ -150,7 +155,7 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
             "fp32 for an exact match)")
     finetune_info = None
     if cfg.finetune and cfg.finetune.epochs > 0:
-        finetune_info = _finetune(cfg, backbone, splits, out_dir, log)
+        finetune_info = _finetune(cfg, backbone, splits, out_dir, log, rate)
     backbone.model.cpu().eval()
     inference, folded = fold_batchnorm(backbone.model, (backbone.spec.classifier_slot,))
     if folded:
@@ -184,11 +189,17 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
     return sidecar
 
 
-def _finetune(cfg: BuildConfig, backbone, splits: FileSplits, out_dir: str, log) -> dict:
-    """Fine-tune the fused network on the feature file's images; returns what ``model.json`` records of it."""
+def _finetune(cfg: BuildConfig, backbone, splits: FileSplits, out_dir: str, log, rate: RateChoice | None) -> dict:
+    """Fine-tune the fused network on the feature file's images; returns what ``model.json`` records of it.
+
+    ``rate`` is the body rate chosen for ``--lr auto`` (None when the user gave one).
+    """
     if not splits.train:
         raise DatasetError("the feature file has no labeled training split to fine-tune on")
     ft = cfg.finetune
+    if rate is not None:
+        ft = dataclasses.replace(ft, lr=rate.lr)
+        log(f"body learning rate {rate.lr:g} (--lr auto): {rate.reason}")
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     keep_freed_memory()
@@ -205,16 +216,25 @@ def _finetune(cfg: BuildConfig, backbone, splits: FileSplits, out_dir: str, log)
         log(f"stopped after epoch {result.history[-1]['epoch']}: {ft.patience} epochs without a better val accuracy")
     if result.best_epoch == 0 and result.best_val_accuracy is not None:
         log(f"fine-tuning did not improve on the head: kept epoch 0 (val accuracy {result.best_val_accuracy:.4f}), "
-            f"so the exported model is the fused head (fine-tuning took {result.seconds:.1f} s). On images unlike "
-            f"ImageNet's photos (digits, drawings, scans) a higher rate paid: try --lr 3e-4 --finetune-epochs 3; "
-            f"on photos of everyday things the head is often the best model (README, Fine-tuning)")
+            f"so the exported model is the fused head (fine-tuning took {result.seconds:.1f} s). {_suggestion(ft.lr)}")
     else:
         log(f"kept epoch {result.best_epoch} (val accuracy {result.best_val_accuracy}), "
             f"fine-tuning took {result.seconds:.1f} s")
     options = {k: v for k, v in dataclasses.asdict(ft).items() if k not in ("workers", "resume", "progress")}
-    return dict(options, crop_scale=list(result.crop_scale), precision=precision, device=str(device),
+    lr_rule = None if rate is None else {"familiarity": rate.familiarity, "threshold": FAMILIARITY_THRESHOLD,
+                                         "reason": rate.reason}
+    return dict(options, lr_auto=lr_rule, crop_scale=list(result.crop_scale), precision=precision, device=str(device),
                 train_split=splits.train_split, train_images=len(splits.train),
                 val_split=splits.val_split, val_images=len(splits.val),
                 history=result.history, best_epoch=result.best_epoch, best_val_accuracy=result.best_val_accuracy,
                 stopped_early=result.stopped_early, seconds=round(result.seconds, 1),
                 resumed_from_epoch=result.resumed_from)
+
+
+def _suggestion(lr: float) -> str:
+    """What to try after a fine-tune that kept the head, given the body rate it ran at."""
+    if lr <= FAMILIAR_LR:
+        return ("On photos like ImageNet's the head is often the best model; if your images are unlike them "
+                "(drawings, scans, charts), try --lr 3e-4 --finetune-epochs 3 (README, Fine-tuning)")
+    return (f"At body rate {lr:g}: try more epochs (--finetune auto), or --lr 1e-5 if your images are photos "
+            "like ImageNet's (README, Fine-tuning)")

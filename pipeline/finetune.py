@@ -20,6 +20,7 @@ from features.images import UnreadableImage
 from features.preprocessing import Preprocessing
 from features.progress import Progress
 from pipeline.filenames import CHECKPOINT
+from pipeline.learning_rate import FAMILIAR_LR
 
 # Options that shape the optimisation: a resumed run must use the checkpoint's values. The
 # number of epochs may grow (a finished fine-tune continues with more).
@@ -38,7 +39,7 @@ class FinetuneConfig:
     """
 
     epochs: int
-    lr: float = 1e-5
+    lr: float | None = None  # the body's rate; None: FAMILIAR_LR here, chosen per dataset by pipeline.fuse
     head_lr_mult: float = 10.0
     optimizer: str = "adamw"
     frozen_epochs: int = 0
@@ -339,6 +340,7 @@ def finetune(backbone: Backbone, root: str, train_items: list[tuple[str, int]], 
 
     The recipe (the README's Fine-tuning section gives the measurements behind it):
     ``cfg.frozen_epochs`` head-only epochs, then end to end; AdamW (or SGD) with the
+    body at ``cfg.lr`` (:data:`~pipeline.learning_rate.FAMILIAR_LR` when None) and the
     head at ``lr * head_lr_mult``; per-step linear warm-up then cosine decay over
     ``cfg.epochs``; optional label smoothing; RandomResizedCrop with an area share
     chosen from the images' resolution, and a horizontal flip unless ``cfg.flip`` is
@@ -362,7 +364,8 @@ def finetune(backbone: Backbone, root: str, train_items: list[tuple[str, int]], 
     crop_scale = cfg.crop_scale or crop_scale_for(source_short_side(root, train_items), backbone.preprocessing.resize_size)
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader, val_loader = _loaders(backbone, root, train_items, val_items, cfg, crop_scale, generator)
-    optimiser = make_optimizer(parameter_groups(model, slot, cfg.lr, cfg.head_lr_mult), cfg)
+    lr = FAMILIAR_LR if cfg.lr is None else cfg.lr
+    optimiser = make_optimizer(parameter_groups(model, slot, lr, cfg.head_lr_mult), cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, warmup_cosine(cfg.epochs * len(train_loader), cfg.warmup_fraction))
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and device.type == "cuda")

@@ -13,6 +13,7 @@ from pipeline.build_model import BuildConfig, build_model
 from pipeline.export import ONNX_PACKAGES, onnx_available
 from pipeline.filenames import MODEL_META
 from pipeline.finetune import OPTIMIZERS, FinetuneConfig
+from pipeline.learning_rate import FAMILIAR_LR, FAMILIARITY_THRESHOLD, UNFAMILIAR_LR
 from pipeline.user_errors import USER_ERRORS
 
 _D = FinetuneConfig(epochs=0)  # the defaults live in one place
@@ -38,6 +39,24 @@ def parse_crop_scale(text: str) -> tuple[float, float] | None:
     return lo, hi
 
 
+def parse_lr(ctx: click.Context, param: click.Parameter, text: str) -> float | None:
+    """``auto`` -> ``None`` (chosen per dataset); otherwise a positive float.
+
+    Raises
+    ------
+    click.BadParameter
+    """
+    if text == "auto":
+        return None
+    try:
+        lr = float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not auto or a number") from None
+    if not lr > 0:
+        raise click.BadParameter(f"{text!r} must be above 0")
+    return lr
+
+
 @click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--head", "head_dir", required=True, help="HEAD_DIR from run_head.py (a linear head).")
 @click.option("--out", "out_dir", required=True, help="MODEL_DIR to write.")
@@ -53,8 +72,10 @@ def parse_crop_scale(text: str) -> tuple[float, float] | None:
 @click.option("--patience", default=None, type=click.IntRange(min=1),
               help=f"Stop after this many epochs without a better val accuracy [default: {AUTO_PATIENCE} with "
                    "--finetune auto, else off].")
-@click.option("--lr", default=_D.lr, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Body learning rate (peak, after warm-up).")
+@click.option("--lr", default="auto", show_default=True, callback=parse_lr,
+              help=f"Body learning rate (peak, after warm-up); auto: {UNFAMILIAR_LR:g} where the backbone's own "
+                   f"ImageNet classifier finds the training images unfamiliar (mean top-class probability below "
+                   f"{FAMILIARITY_THRESHOLD}), else {FAMILIAR_LR:g}.")
 @click.option("--head-lr-mult", default=_D.head_lr_mult, show_default=True, type=click.FloatRange(min=0),
               help="Head lr = lr x this.")
 @click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=_D.optimizer, show_default=True)

@@ -103,6 +103,9 @@ def test_finetune_auto_from_the_command_line(tiny_pipeline, tmp_path):
     assert [h["epoch"] for h in ft["history"]] == list(range(len(ft["history"])))
     assert ft["stopped_early"] == (len(ft["history"]) < 4)
     assert f"epoch {ft['best_epoch']}" in r.stdout
+    # --lr auto on random weights: no ImageNet classifier to ask, so the familiar-content rate, said so.
+    assert ft["lr"] == 1e-5 and ft["lr_auto"]["familiarity"] is None
+    assert "body learning rate 1e-05 (--lr auto): random weights" in r.stdout
     bad = run_cli("-m pipeline.fuse", "--head", head, "--out", str(tmp_path / "x"), "--crop-scale", "1,0.5")
     assert bad.returncode == 2 and "--crop-scale" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -131,3 +134,31 @@ def test_range_test_restores_the_model_and_stops_on_divergence(tiny_setup):
     assert not _changed(before, _params(model), "") and torch.equal(torch.get_rng_state(), rng)
     assert 5 < len(test.lrs) < 30  # SGD at rates up to 1e4 diverges before the last step
     assert test.lrs == sorted(test.lrs) and len(test.losses) == len(test.lrs)
+
+
+def test_familiarity_is_the_mean_top_class_probability():
+    import numpy as np
+
+    from pipeline.learning_rate import imagenet_familiarity
+
+    W, b = np.eye(1000, 4) * 30.0, np.zeros(1000)
+    assert imagenet_familiarity(W, b, np.zeros((5, 4))) == pytest.approx(1e-3)  # no class stands out
+    sure = imagenet_familiarity(W, b, np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
+    assert sure > 0.99 and imagenet_familiarity(W, b, np.array([[0.1, 0, 0, 0]])) < sure
+
+
+def test_lr_auto_is_higher_for_drawings_than_for_photos(hymenoptera_lite0, tmp_path):
+    from features.demo_data import write_digits_imagefolder
+    from features.extract import ExtractConfig, extract
+    from pipeline.learning_rate import FAMILIAR_LR, FAMILIARITY_THRESHOLD, UNFAMILIAR_LR, choose_lr
+
+    digits = str(tmp_path / "digits")
+    write_digits_imagefolder(digits, per_class=3)
+    digit_feats = str(tmp_path / "digits.h5")
+    extract(ExtractConfig(data_root=digits, out_path=digit_feats, precision="fp32", progress=False))
+    backbone = load_backbone("efficientnet_lite0", "DEFAULT")  # unfused: its ImageNet classifier in place
+    photos = choose_lr(backbone, hymenoptera_lite0, "train", "DEFAULT")
+    drawings = choose_lr(backbone, digit_feats, "train", "DEFAULT")
+    assert photos.lr == FAMILIAR_LR and photos.familiarity >= FAMILIARITY_THRESHOLD
+    assert drawings.lr == UNFAMILIAR_LR and drawings.familiarity < FAMILIARITY_THRESHOLD
+    assert f"{drawings.familiarity:.2f}" in drawings.reason

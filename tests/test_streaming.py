@@ -103,3 +103,13 @@ def test_peak_memory_stays_under_the_limit_when_streaming(tmp_path):
     assert (predicted["in-memory"] == predicted["streaming"]).mean() >= 0.98
     acc = [reports[m]["splits"]["val"]["accuracy"] for m in ("in-memory", "streaming")]
     assert min(acc) > 0.9 and abs(acc[0] - acc[1]) <= 0.01
+
+
+def test_spread_rows_are_every_kth_row_of_the_split(tmp_path):
+    from features.store import FeatureFile
+
+    X = np.arange(40, dtype=np.float32).reshape(10, 4)
+    path = write_feature_file(str(tmp_path / "f.h5"), {"train": (X, np.arange(10) % 2)}, ["a", "b"])
+    with FeatureFile(path) as ff:
+        np.testing.assert_array_equal(ff.read_features_spread("train", 4), X[::3])
+        np.testing.assert_array_equal(ff.read_features_spread("train", 50), X)
