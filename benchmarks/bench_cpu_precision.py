@@ -15,8 +15,9 @@ from features.devices import cpu_has_amx, cpu_has_native_bf16, resolve_precision
 FORWARD_CONFIGS = (("efficientnet_lite0", "DEFAULT", 128), ("resnet50", "none", 64))
 
 
-def _median_rates(measure, rounds: int) -> tuple[dict[str, float], list[str]]:
-    """``measure(precision) -> (Measured, rate)`` over ``rounds`` alternating fp32/bf16 rounds: median rate per precision."""
+def _medians(measure, rounds: int) -> tuple[dict[str, float], list[str]]:
+    """``measure(precision) -> (Measured, value)`` over ``rounds`` alternating fp32/bf16 rounds: the median value per
+    precision (a rate or seconds), and the first round's commands."""
     rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
     commands = []
     for round_ in range(rounds):
@@ -41,14 +42,13 @@ def _training_seconds(out_dir: str, rounds: int) -> tuple[dict[str, float], list
     def measure(precision: str):
         if os.path.exists(jsonl):
             os.remove(jsonl)
-        variant = "bf16" if precision == "bf16" else "fp32"
-        m = run_measured(["benchmarks/finetune_recipes.py", "--head", head, "--variants", variant, "--epochs", "1",
+        m = run_measured(["benchmarks/finetune_recipes.py", "--head", head, "--variants", precision, "--epochs", "1",
                           "--json", jsonl])
         with open(jsonl, encoding="utf-8") as fh:
             record = json.loads(fh.readline())
         return m, record["history"][-1]["seconds"]
 
-    seconds, measured = _median_rates(measure, rounds)
+    seconds, measured = _medians(measure, rounds)
     return seconds, commands + measured
 
 
@@ -78,7 +78,7 @@ def section_cpu_precision(out_dir: str, quick: bool) -> list[str]:
              "| step | fp32 | bf16 | bf16 / fp32 speed | faster here | auto chooses |", "|---|---|---|---|---|---|"]
     commands = []
     for backbone, weights, images in FORWARD_CONFIGS:
-        rates, cmds = _median_rates(lambda p: forward_only(backbone, weights, p, 32, 0, images), rounds)
+        rates, cmds = _medians(lambda p: forward_only(backbone, weights, p, 32, 0, images), rounds)
         commands += cmds
         lines.append(_row(f"{backbone} forward pass, img/s", rates, rates["bf16"] / rates["fp32"],
                           resolve_precision("auto", cpu)))
@@ -88,7 +88,7 @@ def section_cpu_precision(out_dir: str, quick: bool) -> list[str]:
                                name=f"cpu-precision-{precision}.h5")
         return m, rate
 
-    rates, cmds = _median_rates(extract, rounds)
+    rates, cmds = _medians(extract, rounds)
     commands += cmds
     lines.append(_row("efficientnet_lite0 full extraction path on hymenoptera, img/s", rates,
                       rates["bf16"] / rates["fp32"], resolve_precision("auto", cpu)))

@@ -8,6 +8,7 @@ import os
 import shutil
 
 from benchmarks.common import HYMENOPTERA, run_measured
+from pipeline.learning_rate import format_rate
 
 # (dataset, head) pairs of the diagnosis: variants, epochs and train sample per dataset.
 DIAGNOSIS = {
@@ -60,7 +61,8 @@ def section_finetune(out_dir: str, quick: bool) -> list[str]:
     lines = ["## 11. Fine-tuning: the recipe, one change at a time (EfficientNet-Lite0, fp32, 2 cores)", "",
              "### Diagnosis: one change at a time", "",
              "Each row fuses the same logreg head afresh and fine-tunes with the default recipe changed in one "
-             "respect (`benchmarks/finetune_recipes.py`). The default: AdamW, body lr 1e-5, head x10, warm-up "
+             "respect (`benchmarks/finetune_recipes.py`). The default: AdamW, body lr 1e-5 (the rate `--lr auto` "
+             "takes for photos), head x10, warm-up "
              "then cosine, BatchNorm statistics and dropout as at inference, crops by source resolution, flip. "
              "`previous` is the recipe before it: SGD lr 1e-3, head x10, BatchNorm statistics from batches of 16, "
              "dropout on, RandomResizedCrop 0.08-1, no warm-up. `dropout`: the default with dropout and "
@@ -272,7 +274,7 @@ def section_small_source(out_dir: str, quick: bool) -> list[str]:
 SHAPES = ("shapes", 100, 50)  # folder name, train and val images per class
 
 
-def _small_source_head(out_dir: str) -> tuple[str, list[str]]:
+def _small_source_features(out_dir: str) -> tuple[str, list[str]]:
     """Section 19's 40-px hymenoptera feature file, made if missing; its path and the commands run."""
     root = os.path.join(out_dir, f"hymenoptera_{SMALL_SIDE}px")
     feats = f"{root}.h5"
@@ -312,7 +314,7 @@ def section_rate_rule(out_dir: str, quick: bool) -> list[str]:
     if os.path.isdir(root):
         shutil.rmtree(root)  # written afresh: the generator's output is the dataset
     commands = [run_measured(args).command for args in steps]
-    small_feats, small_commands = _small_source_head(out_dir)
+    small_feats, small_commands = _small_source_features(out_dir)
     commands += small_commands
     jsonl = os.path.join(out_dir, f"ft-rates-{name}.jsonl")
     if os.path.exists(jsonl):
@@ -347,10 +349,10 @@ def section_rate_rule(out_dir: str, quick: bool) -> list[str]:
     for line in familiar.stdout.splitlines():
         r = json.loads(line)
         lines.append(f"| {os.path.basename(r['file'])} | {r['rows']} | {r['mean_top']:.3f} | {r['mean_entropy']:.2f} "
-                     f"| {r['auto_lr']:g} |")
+                     f"| {format_rate(r['auto_lr'])} |")
     accs = " / ".join(f"{h['val_accuracy']:.4f}" for h in ft["history"])
     lines += ["", f"The digits demo's command with the rate left to `--lr auto` (the whole train split, "
-              f"{ft['train_images']} images): body rate {ft['lr']:g}, val accuracy by epoch {accs}, kept epoch "
+              f"{ft['train_images']} images): body rate {format_rate(ft['lr'])}, val accuracy by epoch {accs}, kept epoch "
               f"{ft['best_epoch']} ({ft['best_val_accuracy']:.4f}), {ft['seconds'] / max(1, len(ft['history']) - 1):.0f} s "
               f"per epoch ({ft['precision']}).", "", "```"] + commands + ["```", ""]
     return lines

@@ -23,9 +23,8 @@ def imagenet_confidence(path: str) -> dict:
     """Top-class probability and entropy of the ImageNet head over a feature file's train split."""
     with FeatureFile(path) as f:
         x = f.read_split("train").features.astype(np.float64)
-        identity = f.identity()
-    backbone = rebuild_backbone(identity)  # the very weights that made the features
-    choice = choose_lr(backbone, path, "train", identity.weights)
+        backbone = rebuild_backbone(f.identity())  # the very weights that made the features
+    choice = choose_lr(backbone, path, "train")
     W, b = imagenet_rows(backbone)
     z = x @ W.T + b
     z -= z.max(axis=1, keepdims=True)

@@ -326,14 +326,16 @@ class FeatureFile:
             self._group(split)["features"].read_direct(out, np.s_[start:stop])
 
     def read_features_spread(self, split: str, most: int) -> np.ndarray:
-        """Up to ``most`` feature rows spread evenly over the split (every k-th row), as float32.
+        """Feature rows of up to ``most`` images spread evenly over the split (every k-th image), as float32.
 
-        For a statistic over a large split without reading all of it; no checksum (as chunked reads).
+        Only each image's centre crop (view 0) is read, never its augmented views. For a
+        statistic over a large split without reading all of it; no checksum (as chunked reads).
         """
         with _reading(self.path):
-            rows = self._group(split)["features"]
-            step = max(1, -(-rows.shape[0] // most))
-            return np.asarray(rows[::step], dtype=np.float32)
+            g = self._group(split)
+            images = np.flatnonzero(g["view"][:] == 0)
+            step = max(1, -(-len(images) // most))
+            return np.asarray(g["features"][images[::step]], dtype=np.float32)
 
     def read_columns(self, split: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``labels``, ``image_index`` and ``view`` of rows ``start:stop``."""

@@ -22,7 +22,8 @@ from pipeline.model_meta import MODEL_FORMAT, MODEL_FORMAT_VERSION
 from pipeline.file_splits import split_images, train_and_val
 from pipeline.filenames import CHECKPOINT, HEAD_REPORT
 from pipeline.finetune import FinetuneConfig, LabelledImages, finetune
-from pipeline.learning_rate import FAMILIARITY_THRESHOLD, FAMILIAR_LR, RateChoice, choose_lr
+from pipeline.learning_rate import (FAMILIARITY_THRESHOLD, FAMILIAR_LR, UNFAMILIAR_LR, RateChoice, choose_lr,
+                                   format_rate)
 from pipeline.fusing import fuse_head, verify_fused
 from pipeline.rebuild import rebuild_backbone
 
@@ -60,6 +61,7 @@ class FileSplits:
     val_split: str | None
     train: list[tuple[str, int]]
     val: list[tuple[str, int]]
+    features_path: str
     precision: str = "fp32"  # the autocast precision the features were extracted in
 
 
@@ -103,7 +105,7 @@ def file_splits(cfg: BuildConfig, head) -> FileSplits:
         raise DatasetError(str(exc)) from None
     if not os.path.isdir(root):
         raise DatasetError(f"data root {root!r} not found; pass --data ROOT (the images the head's features came from)")
-    return FileSplits(root, train_split, val_split, train, val, precision)
+    return FileSplits(root, train_split, val_split, train, val, path, precision)
 
 
 def build_model(cfg: BuildConfig, log=print) -> dict:
@@ -135,16 +137,21 @@ def build_model(cfg: BuildConfig, log=print) -> dict:
 
 
 def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)  # refused here, before any work, when impossible
     head = load_affine(cfg.head_dir)
     backbone = rebuild_backbone(head.feature_identity)
     splits = file_splits(cfg, head)
     eval_tf = backbone.preprocessing.eval_transform()
     check = real_batch(splits.root, splits.val or splits.train, backbone.preprocessing, eval_tf, cfg.check_images)
 
+    finetuning = bool(cfg.finetune and cfg.finetune.epochs > 0)
+    if finetuning and not splits.train:
+        raise DatasetError("the feature file has no labeled training split to fine-tune on")
     rate = None
-    if cfg.finetune and cfg.finetune.epochs > 0 and cfg.finetune.lr is None:
+    if finetuning and cfg.finetune.lr is None:
         # Asked before fusing: the backbone's own ImageNet classifier is replaced by the head.
-        rate = choose_lr(backbone, _features_path(cfg, head), splits.train_split, head.feature_identity.weights)
+        rate = choose_lr(backbone, splits.features_path, splits.train_split)
     fuse_head(backbone, head)
     diff = verify_fused(backbone, head, check)
     log(f"fused {head.clf} head into {backbone.spec.name}.{backbone.spec.classifier_slot}: "
@@ -154,8 +161,8 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
             "accuracy can differ from the head's report by a borderline image or two (extract with --precision "
             "fp32 for an exact match)")
     finetune_info = None
-    if cfg.finetune and cfg.finetune.epochs > 0:
-        finetune_info = _finetune(cfg, backbone, splits, out_dir, log, rate)
+    if finetuning:
+        finetune_info = _finetune(cfg.finetune, backbone, splits, device, precision, out_dir, log, rate)
     backbone.model.cpu().eval()
     inference, folded = fold_batchnorm(backbone.model, (backbone.spec.classifier_slot,))
     if folded:
@@ -189,19 +196,15 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
     return sidecar
 
 
-def _finetune(cfg: BuildConfig, backbone, splits: FileSplits, out_dir: str, log, rate: RateChoice | None) -> dict:
+def _finetune(ft: FinetuneConfig, backbone, splits: FileSplits, device: torch.device, precision: str, out_dir: str,
+              log, rate: RateChoice | None) -> dict:
     """Fine-tune the fused network on the feature file's images; returns what ``model.json`` records of it.
 
     ``rate`` is the body rate chosen for ``--lr auto`` (None when the user gave one).
     """
-    if not splits.train:
-        raise DatasetError("the feature file has no labeled training split to fine-tune on")
-    ft = cfg.finetune
     if rate is not None:
         ft = dataclasses.replace(ft, lr=rate.lr)
-        log(f"body learning rate {rate.lr:g} (--lr auto): {rate.reason}")
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
+        log(f"body learning rate {format_rate(rate.lr)} (--lr auto): {rate.reason}")
     keep_freed_memory()
     validation = f"validating on {splits.val_split} ({len(splits.val)} images)" if splits.val else "no val split"
     most = f"up to {ft.epochs} epochs, stopping after {ft.patience} without improvement" if ft.patience else f"{ft.epochs} epochs"
@@ -235,6 +238,8 @@ def _suggestion(lr: float) -> str:
     """What to try after a fine-tune that kept the head, given the body rate it ran at."""
     if lr <= FAMILIAR_LR:
         return ("On photos like ImageNet's the head is often the best model; if your images are unlike them "
-                "(drawings, scans, charts), try --lr 3e-4 --finetune-epochs 3 (README, Fine-tuning)")
-    return (f"At body rate {lr:g}: try more epochs (--finetune auto), or --lr 1e-5 if your images are photos "
-            "like ImageNet's (README, Fine-tuning)")
+                f"(drawings, scans, charts), try --lr {format_rate(UNFAMILIAR_LR)} --finetune-epochs 3 "
+                "(README, Fine-tuning)")
+    return (f"At body rate {format_rate(lr)} the first epochs dip before they gain: try more epochs "
+            f"(--finetune-epochs), or --lr {format_rate(FAMILIAR_LR)} if your images are photos like ImageNet's "
+            "(README, Fine-tuning)")

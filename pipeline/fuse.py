@@ -13,7 +13,7 @@ from pipeline.build_model import BuildConfig, build_model
 from pipeline.export import ONNX_PACKAGES, onnx_available
 from pipeline.filenames import MODEL_META
 from pipeline.finetune import OPTIMIZERS, FinetuneConfig
-from pipeline.learning_rate import FAMILIAR_LR, FAMILIARITY_THRESHOLD, UNFAMILIAR_LR
+from pipeline.learning_rate import FAMILIAR_LR, FAMILIARITY_THRESHOLD, UNFAMILIAR_LR, format_rate
 from pipeline.user_errors import USER_ERRORS
 
 _D = FinetuneConfig(epochs=0)  # the defaults live in one place
@@ -73,9 +73,9 @@ def parse_lr(ctx: click.Context, param: click.Parameter, text: str) -> float | N
               help=f"Stop after this many epochs without a better val accuracy [default: {AUTO_PATIENCE} with "
                    "--finetune auto, else off].")
 @click.option("--lr", default="auto", show_default=True, callback=parse_lr,
-              help=f"Body learning rate (peak, after warm-up); auto: {UNFAMILIAR_LR:g} where the backbone's own "
-                   f"ImageNet classifier finds the training images unfamiliar (mean top-class probability below "
-                   f"{FAMILIARITY_THRESHOLD}), else {FAMILIAR_LR:g}.")
+              help=f"Body learning rate (peak, after warm-up); auto: {format_rate(UNFAMILIAR_LR)} where the "
+                   f"backbone's own ImageNet classifier finds the training images unfamiliar (mean top-class "
+                   f"probability below {FAMILIARITY_THRESHOLD}), else {format_rate(FAMILIAR_LR)}.")
 @click.option("--head-lr-mult", default=_D.head_lr_mult, show_default=True, type=click.FloatRange(min=0),
               help="Head lr = lr x this.")
 @click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=_D.optimizer, show_default=True)

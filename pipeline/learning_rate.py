@@ -1,11 +1,14 @@
 """The body's fine-tuning rate, chosen by how familiar the training images look to the backbone.
 
 BENCHMARKS.md sections 17, 19 and 21 fine-tuned four datasets at body rates 1e-5 and
-3e-4. Photos of things ImageNet knows (hymenoptera, and hymenoptera at 40 px) lost accuracy
-at the higher rate; drawings (the digits demo, generated shapes) gained at it and barely
-moved at the lower one. What separated them was not the stored size but how the
+3e-4. Photos of things ImageNet knows (hymenoptera, and hymenoptera at 40 px) gained
+nothing or lost accuracy at the higher rate; drawings (the digits demo, generated shapes)
+gained at it, and less at the lower one. What separated them was not the stored size but how the
 backbone's own ImageNet classifier saw the training images: a mean top-class probability
 of 0.72 and 0.31 for the photos, 0.04 and 0.20 for the drawings.
+
+The rule trusts the backbone's 1000-way classifier to be ImageNet's: true for the
+registered pretrained weights, not necessarily for a weights file of one's own.
 """
 
 from __future__ import annotations
@@ -55,7 +58,15 @@ def imagenet_familiarity(W: np.ndarray, b: np.ndarray, features: np.ndarray) -> 
     return float((p.max(axis=1) / p.sum(axis=1)).mean())
 
 
-def choose_lr(backbone: Backbone, features_path: str, split: str, weights: str) -> RateChoice:
+def format_rate(lr: float) -> str:
+    """A learning rate as people write it: ``3e-4``, ``1e-5``."""
+    if lr >= 0.01:
+        return f"{lr:g}"
+    mantissa, exponent = f"{lr:.6e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def choose_lr(backbone: Backbone, features_path: str, split: str) -> RateChoice:
     """Pick the body rate from the training features' familiarity to the (unfused) backbone.
 
     Parameters
@@ -65,17 +76,16 @@ def choose_lr(backbone: Backbone, features_path: str, split: str, weights: str) 
     features_path : str
         The head's feature file.
     split : str
-        Its training split; up to :data:`SAMPLE_ROWS` rows spread over it are read.
-    weights : str
-        The backbone's weights tag; ``none`` (random weights) has no ImageNet classifier to ask.
+        Its training split; the centre crops of up to :data:`SAMPLE_ROWS` images spread over it are read.
 
     Returns
     -------
     RateChoice
         :data:`UNFAMILIAR_LR` below :data:`FAMILIARITY_THRESHOLD`, else :data:`FAMILIAR_LR`,
-        which is also the fallback where familiarity cannot be measured.
+        which is also the fallback where familiarity cannot be measured (random weights,
+        or no 1000-way Linear classifier over the features).
     """
-    if weights == "none":
+    if backbone.weights.identity == "none":
         return RateChoice(FAMILIAR_LR, None, "random weights have no ImageNet classifier to measure familiarity with")
     try:
         W, b = imagenet_rows(backbone)

@@ -105,9 +105,19 @@ def test_finetune_auto_from_the_command_line(tiny_pipeline, tmp_path):
     assert f"epoch {ft['best_epoch']}" in r.stdout
     # --lr auto on random weights: no ImageNet classifier to ask, so the familiar-content rate, said so.
     assert ft["lr"] == 1e-5 and ft["lr_auto"]["familiarity"] is None
-    assert "body learning rate 1e-05 (--lr auto): random weights" in r.stdout
+    assert "body learning rate 1e-5 (--lr auto): random weights" in r.stdout
     bad = run_cli("-m pipeline.fuse", "--head", head, "--out", str(tmp_path / "x"), "--crop-scale", "1,0.5")
     assert bad.returncode == 2 and "--crop-scale" in bad.stderr and "Traceback" not in bad.stderr
+    given = run_cli("-m pipeline.fuse", "--head", head, "--out", str(tmp_path / "g"), "--finetune-epochs", "1",
+                    "--lr", "2.5e-4", "--batch-size", "8", "--quiet", "--no-onnx")
+    assert given.returncode == 0, given.stderr
+    ft = json.load(open(tmp_path / "g" / "model.json"))["finetune"]
+    assert ft["lr"] == 2.5e-4 and ft["lr_auto"] is None and "--lr auto" not in given.stdout
+    # An impossible precision is refused before any work, in one line.
+    fp16 = run_cli("-m pipeline.fuse", "--head", head, "--out", str(tmp_path / "h"), "--device", "cpu",
+                   "--precision", "fp16")
+    assert fp16.returncode == 2 and "only supported on CUDA" in fp16.stderr and "Traceback" not in fp16.stderr
+    assert not os.path.exists(tmp_path / "h")
 
 
 def test_range_test_suggests_a_tenth_of_the_lowest_loss_or_nothing():
@@ -157,8 +167,24 @@ def test_lr_auto_is_higher_for_drawings_than_for_photos(hymenoptera_lite0, tmp_p
     digit_feats = str(tmp_path / "digits.h5")
     extract(ExtractConfig(data_root=digits, out_path=digit_feats, precision="fp32", progress=False))
     backbone = load_backbone("efficientnet_lite0", "DEFAULT")  # unfused: its ImageNet classifier in place
-    photos = choose_lr(backbone, hymenoptera_lite0, "train", "DEFAULT")
-    drawings = choose_lr(backbone, digit_feats, "train", "DEFAULT")
+    photos = choose_lr(backbone, hymenoptera_lite0, "train")
+    drawings = choose_lr(backbone, digit_feats, "train")
     assert photos.lr == FAMILIAR_LR and photos.familiarity >= FAMILIARITY_THRESHOLD
     assert drawings.lr == UNFAMILIAR_LR and drawings.familiarity < FAMILIARITY_THRESHOLD
     assert f"{drawings.familiarity:.2f}" in drawings.reason
+
+
+def test_lr_auto_falls_back_where_there_is_no_imagenet_classifier(tmp_path):
+    import dataclasses
+
+    import numpy as np
+
+    from features.backbones import ResolvedWeights
+    from pipeline.learning_rate import FAMILIAR_LR, choose_lr
+    from tests.conftest import write_feature_file
+
+    feats = write_feature_file(str(tmp_path / "f.h5"), {"train": (np.ones((4, 512)), np.arange(4) % 2)}, ["a", "b"])
+    # Pretend-pretrained SqueezeNet: its classifier is a 1x1 convolution, not a 1000-way Linear.
+    squeeze = dataclasses.replace(load_backbone("squeezenet1_1", "none"), weights=ResolvedWeights("sha256:0", "test"))
+    choice = choose_lr(squeeze, feats, "train")
+    assert choice.lr == FAMILIAR_LR and choice.familiarity is None and "squeezenet1_1" in choice.reason

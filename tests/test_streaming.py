@@ -113,3 +113,14 @@ def test_spread_rows_are_every_kth_row_of_the_split(tmp_path):
     with FeatureFile(path) as ff:
         np.testing.assert_array_equal(ff.read_features_spread("train", 4), X[::3])
         np.testing.assert_array_equal(ff.read_features_spread("train", 50), X)
+
+
+def test_spread_rows_skip_augmented_views(tmp_path):
+    from features.store import FeatureFile
+
+    X = np.arange(24, dtype=np.float32).reshape(12, 2)  # 6 images, each a centre crop then one augmented view
+    path = write_feature_file(str(tmp_path / "v.h5"), {"train": (X, np.repeat(np.arange(6) % 2, 2))}, ["a", "b"],
+                              views={"train": 1})
+    with FeatureFile(path) as ff:
+        np.testing.assert_array_equal(ff.read_features_spread("train", 10), X[0::2])
+        np.testing.assert_array_equal(ff.read_features_spread("train", 3), X[0::4])
