@@ -70,6 +70,24 @@ def exit_codes(user_errors: tuple[type[Exception], ...], interrupted: str) -> It
 Decorator = Callable[[Callable], Callable]
 
 
+def auto_or_positive(_ctx: click.Context, param: click.Parameter, value: str) -> str | float:
+    """click callback for options that take ``auto`` or a positive number (``--C``, ``--lr``).
+
+    Raises
+    ------
+    click.BadParameter
+    """
+    if value == "auto":
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a number") from None
+    if not number > 0:  # also refuses nan
+        raise click.BadParameter(f"{param.name} must be positive")
+    return number
+
+
 def device_option() -> Decorator:
     return click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 

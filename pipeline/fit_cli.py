@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import click
 
-from features.cli_common import (CONTEXT_SETTINGS, batch_size_option, default_features_path, device_option, exit_codes,
-                                 precision_option, quiet_option, seed_option, workers_option)
+from features.cli_common import (CONTEXT_SETTINGS, auto_or_positive, batch_size_option, default_features_path,
+                                 device_option, exit_codes, precision_option, quiet_option, seed_option,
+                                 workers_option)
 from features.extract import ExtractConfig, extract
-from pipeline.head_cli import parse_C
 from pipeline.train_head import HeadConfig, summary_lines, train_head
 from pipeline.user_errors import USER_ERRORS
 
@@ -31,7 +31,7 @@ from pipeline.user_errors import USER_ERRORS
 @device_option()
 @precision_option("Extraction autocast; auto: fp16 on CUDA, bf16 on CPUs with native bf16 (AMX, AVX512-BF16), else fp32.")
 @click.option("--clf", type=click.Choice(["svm", "logreg", "linear"]), default="logreg", show_default=True)
-@click.option("--C", "C", default="auto", show_default=True, callback=parse_C,
+@click.option("--C", "C", default="auto", show_default=True, callback=auto_or_positive,
               help="Inverse regularisation, or auto: chosen by K-fold CV on train.")
 @click.option("--cv", default=5, show_default=True, type=click.IntRange(min=2), help="Folds of the C sweep.")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from features.cli_common import (CONTEXT_SETTINGS, batch_size_option, device_option, exit_codes, fail,
+from features.cli_common import (CONTEXT_SETTINGS, auto_or_positive, batch_size_option, device_option, exit_codes, fail,
                                  precision_option, quiet_option, seed_option, workers_option)
 from pipeline.build_model import BuildConfig, build_model
 from pipeline.export import ONNX_PACKAGES, onnx_available
@@ -39,24 +39,6 @@ def parse_crop_scale(text: str) -> tuple[float, float] | None:
     return lo, hi
 
 
-def parse_lr(ctx: click.Context, param: click.Parameter, text: str) -> float | None:
-    """``auto`` -> ``None`` (chosen per dataset); otherwise a positive float.
-
-    Raises
-    ------
-    click.BadParameter
-    """
-    if text == "auto":
-        return None
-    try:
-        lr = float(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not auto or a number") from None
-    if not lr > 0:
-        raise click.BadParameter(f"{text!r} must be above 0")
-    return lr
-
-
 @click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--head", "head_dir", required=True, help="HEAD_DIR from run_head.py (a linear head).")
 @click.option("--out", "out_dir", required=True, help="MODEL_DIR to write.")
@@ -72,7 +54,7 @@ def parse_lr(ctx: click.Context, param: click.Parameter, text: str) -> float | N
 @click.option("--patience", default=None, type=click.IntRange(min=1),
               help=f"Stop after this many epochs without a better val accuracy [default: {AUTO_PATIENCE} with "
                    "--finetune auto, else off].")
-@click.option("--lr", default="auto", show_default=True, callback=parse_lr,
+@click.option("--lr", default="auto", show_default=True, callback=auto_or_positive,
               help=f"Body learning rate (peak, after warm-up); auto: {format_rate(UNFAMILIAR_LR)} where the "
                    f"backbone's own ImageNet classifier finds the training images unfamiliar (mean top-class "
                    f"probability below {FAMILIARITY_THRESHOLD}), else {format_rate(FAMILIAR_LR)}.")
@@ -112,7 +94,7 @@ def main(head_dir, out_dir, data_root, features_path, finetune_mode, finetune_ep
     if finetune_mode == "auto":
         finetune_epochs = AUTO_MAX_EPOCHS if finetune_epochs is None else finetune_epochs
         patience = AUTO_PATIENCE if patience is None else patience
-    ft = FinetuneConfig(epochs=finetune_epochs or 0, lr=lr, head_lr_mult=head_lr_mult, optimizer=optimizer,
+    ft = FinetuneConfig(epochs=finetune_epochs or 0, lr=None if lr == "auto" else lr, head_lr_mult=head_lr_mult, optimizer=optimizer,
                         frozen_epochs=frozen_epochs, freeze_stages=freeze_stages, train_bn=train_bn, dropout=dropout,
                         label_smoothing=label_smoothing, crop_scale=parse_crop_scale(crop_scale), flip=flip,
                         patience=patience, batch_size=batch_size, workers=workers, seed=seed, resume=resume,

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from features.cli_common import CONTEXT_SETTINGS, exit_codes, fail, seed_option
+from features.cli_common import CONTEXT_SETTINGS, auto_or_positive, exit_codes, fail, seed_option
 from features.entry import run_command
 from pipeline.audit import AuditConfig, audit_lines, run_audit
 from pipeline.predict_features import predict_split
@@ -16,19 +16,6 @@ from pipeline.train_head import HeadConfig, summary_lines, train_head
 from pipeline.user_errors import USER_ERRORS
 
 _INTERRUPTED = "interrupted; nothing was written"
-
-
-def parse_C(_ctx, _param, value: str) -> str | float:
-    """click callback for --C: ``auto`` or a positive number."""
-    if value == "auto":
-        return value
-    try:
-        C = float(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is neither 'auto' nor a number") from None
-    if C <= 0:
-        raise click.BadParameter("C must be positive")
-    return C
 
 
 def _parse_memory(_ctx, _param, value: str | None) -> int | None:
@@ -43,7 +30,7 @@ def _parse_memory(_ctx, _param, value: str | None) -> int | None:
 @click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--features", "features_path", required=True, help="Complete feature file from run_extract.py.")
 @click.option("--clf", type=click.Choice(["svm", "logreg", "linear"]), default="logreg", show_default=True)
-@click.option("--C", "C", default="auto", show_default=True, callback=parse_C, help="Inverse regularisation, or auto: chosen by K-fold CV on train.")
+@click.option("--C", "C", default="auto", show_default=True, callback=auto_or_positive, help="Inverse regularisation, or auto: chosen by K-fold CV on train.")
 @click.option("--cv", default=5, show_default=True, type=click.IntRange(min=2), help="Folds of the C sweep.")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
 @click.option("--init", type=click.Choice(["none", "imagenet"]), default="none", show_default=True,
