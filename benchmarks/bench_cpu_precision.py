@@ -9,7 +9,8 @@ import statistics
 import torch
 
 from benchmarks.bench_extract import forward_only, full_path
-from benchmarks.common import HYMENOPTERA, run_measured
+from benchmarks.bench_finetune import prepare_heads
+from benchmarks.common import run_measured
 from features.devices import cpu_has_amx, cpu_has_native_bf16, resolve_precision
 
 FORWARD_CONFIGS = (("efficientnet_lite0", "DEFAULT", 128), ("resnet50", "none", 64))
@@ -31,12 +32,7 @@ def _medians(measure, rounds: int) -> tuple[dict[str, float], list[str]]:
 
 def _training_seconds(out_dir: str, rounds: int) -> tuple[dict[str, float], list[str]]:
     """Median seconds of one fine-tuning epoch on hymenoptera from its logreg head: fp32 against bf16 autocast."""
-    feats, head = os.path.join(out_dir, "ft-hymenoptera.h5"), os.path.join(out_dir, "ft-head-hymenoptera")
-    commands = []
-    if not os.path.exists(feats):
-        commands.append(run_measured(["run_extract.py", "--data", HYMENOPTERA, "--out", feats, "--quiet"]).command)
-    if not os.path.isdir(head):
-        commands.append(run_measured(["run_head.py", "--features", feats, "--clf", "logreg", "--out", head]).command)
+    head = prepare_heads(out_dir, only=("hymenoptera",))["hymenoptera"]
     jsonl = os.path.join(out_dir, "cpu-precision-training.jsonl")
 
     def measure(precision: str):
@@ -48,8 +44,7 @@ def _training_seconds(out_dir: str, rounds: int) -> tuple[dict[str, float], list
             record = json.loads(fh.readline())
         return m, record["history"][-1]["seconds"]
 
-    seconds, measured = _medians(measure, rounds)
-    return seconds, commands + measured
+    return _medians(measure, rounds)
 
 
 def section_cpu_precision(out_dir: str, quick: bool) -> list[str]:

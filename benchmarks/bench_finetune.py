@@ -19,16 +19,19 @@ DIAGNOSIS = {
 DEFAULT_COMMAND_HEADS = ("hymenoptera",)
 
 
-def prepare_heads(out_dir: str) -> dict[str, str]:
-    """Feature files and heads the section starts from (made once, reused by later runs)."""
+def prepare_heads(out_dir: str, only: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Feature files and heads the fine-tuning sections start from (made once, reused by later runs): all of
+    them, or the names in ``only``; the head folders by name."""
     digits = os.path.join(out_dir, "ft-digits")
     steps = []
-    if not os.path.isdir(digits):
+    if not os.path.isdir(digits) and (only is None or "digits" in only):
         steps.append(["-m", "features.demo_data", digits])
     heads = {"digits": (digits, "logreg", []), "hymenoptera": (HYMENOPTERA, "logreg", []),
              "hymenoptera-imagenet": (HYMENOPTERA, "linear", ["--init", "imagenet"])}
     found = {}
     for name, (root, clf, extra) in heads.items():
+        if only is not None and name not in only:
+            continue
         feats = os.path.join(out_dir, f"ft-{name.split('-')[0]}.h5")
         head = os.path.join(out_dir, f"ft-head-{name}")
         if not os.path.exists(feats):
@@ -236,12 +239,9 @@ def section_small_source(out_dir: str, quick: bool) -> list[str]:
         The section's Markdown lines.
     """
     prepare_heads(out_dir)  # the digits and hymenoptera feature files compared below
-    root = os.path.join(out_dir, f"hymenoptera_{SMALL_SIDE}px")
-    feats, head = f"{root}.h5", os.path.join(out_dir, f"ft-head-hymenoptera_{SMALL_SIDE}px")
-    steps = [["benchmarks/small_source.py", HYMENOPTERA, root, str(SMALL_SIDE)],
-             ["run_extract.py", "--data", root, "--out", feats, "--overwrite", "--quiet"],
-              ["run_head.py", "--features", feats, "--clf", "logreg", "--out", head]]
-    commands = [run_measured(args).command for args in steps]
+    feats, commands = _small_source_features(out_dir, fresh=True)
+    head = os.path.join(out_dir, f"ft-head-hymenoptera_{SMALL_SIDE}px")
+    commands.append(run_measured(["run_head.py", "--features", feats, "--clf", "logreg", "--out", head]).command)
     jsonl = os.path.join(out_dir, f"ft-rates-hymenoptera_{SMALL_SIDE}px.jsonl")
     if os.path.exists(jsonl):
         os.remove(jsonl)
@@ -274,11 +274,12 @@ def section_small_source(out_dir: str, quick: bool) -> list[str]:
 SHAPES = ("shapes", 100, 50)  # folder name, train and val images per class
 
 
-def _small_source_features(out_dir: str) -> tuple[str, list[str]]:
-    """Section 19's 40-px hymenoptera feature file, made if missing; its path and the commands run."""
+def _small_source_features(out_dir: str, fresh: bool) -> tuple[str, list[str]]:
+    """Section 19's 40-px hymenoptera copy and feature file, made afresh or only if missing; its path and the
+    commands run."""
     root = os.path.join(out_dir, f"hymenoptera_{SMALL_SIDE}px")
     feats = f"{root}.h5"
-    if os.path.exists(feats):
+    if os.path.exists(feats) and not fresh:
         return feats, []
     steps = [["benchmarks/small_source.py", HYMENOPTERA, root, str(SMALL_SIDE)],
              ["run_extract.py", "--data", root, "--out", feats, "--overwrite", "--quiet"]]
@@ -314,7 +315,7 @@ def section_rate_rule(out_dir: str, quick: bool) -> list[str]:
     if os.path.isdir(root):
         shutil.rmtree(root)  # written afresh: the generator's output is the dataset
     commands = [run_measured(args).command for args in steps]
-    small_feats, small_commands = _small_source_features(out_dir)
+    small_feats, small_commands = _small_source_features(out_dir, fresh=False)
     commands += small_commands
     jsonl = os.path.join(out_dir, f"ft-rates-{name}.jsonl")
     if os.path.exists(jsonl):

@@ -4,8 +4,8 @@
 
 ``--sections audit,phone`` runs only the named sections (``extraction``, ``time``, ``heads``,
 ``memory``, ``precision``, ``scale``, ``audit``, ``phone``, ``onnx``, ``fold``, ``finetune``, ``sweep``,
-``startup``, ``decode``, ``bf16``, ``compile``, ``rates``, ``rangetest``, ``smallsource``, ``cpuprecision``, ``raterule``; ``precision`` needs
-``extraction``)
+``startup``, ``decode``, ``bf16``, ``compile``, ``rates``, ``rangetest``, ``smallsource``, ``cpuprecision``,
+``raterule``; ``precision`` needs ``extraction``)
 and replaces them in the existing file, each marked with its own command, date and machine.
 """
 
