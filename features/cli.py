@@ -13,7 +13,7 @@ import sys
 import click
 
 from features.cli_common import (CONTEXT_SETTINGS, EXIT_BAD_INPUT, USER_ERRORS, batch_size_option, default_features_path,
-                                 device_option,
+                                 device_option, image_size_option,
                                  exit_codes, fail, precision_option, quiet_option, seed_option, workers_option)
 from features.entry import run_command
 from features.prefetch import DECODE_MODES
@@ -36,6 +36,7 @@ from features.store import FeatureFile, FeatureFileError
 @click.option("--backbone", default="efficientnet_lite0", show_default=True, help="Registry name (see --list-backbones).")
 @click.option("--weights", default="DEFAULT", show_default=True,
               help="DEFAULT, a torchvision weights name (IMAGENET1K_V1), a state_dict PATH, or none.")
+@image_size_option()
 @click.option("--out", "out_path", type=str, help="Output HDF5 file [default: ROOTNAME-BACKBONE.h5].")
 @batch_size_option(32)
 @workers_option(None, "DataLoader decode workers [default: 0 on 2 CPU cores, more on larger machines and GPUs].")
@@ -62,9 +63,9 @@ from features.store import FeatureFile, FeatureFileError
 @quiet_option()
 @click.option("--report", "report_path", default=None, help="Also write the summary as JSON to this file.")
 @click.option("--list-backbones", is_flag=True, help="List the registered backbones and exit.")
-def extract_command(data_root, labels, image_column, label_column, unlabeled, backbone, weights, out_path, batch_size,
-                    workers, decode, compile_mode, device, precision, dtype, views, val_fraction, seed, overwrite, limit, exclude, quiet,
-                    report_path, list_backbones) -> None:
+def extract_command(data_root, labels, image_column, label_column, unlabeled, backbone, weights, image_size, out_path,
+                    batch_size, workers, decode, compile_mode, device, precision, dtype, views, val_fraction, seed,
+                    overwrite, limit, exclude, quiet, report_path, list_backbones) -> None:
     """Extract pooled features of a frozen pretrained backbone into an HDF5 file (stage one).
 
     Launched with torchrun, each process extracts a block of every split and rank 0
@@ -87,7 +88,8 @@ def extract_command(data_root, labels, image_column, label_column, unlabeled, ba
     except ValueError as exc:
         fail(str(exc))
     cfg = ExtractConfig(data_root=data_root, out_path=out_path, backbone=backbone, weights=weights,
-                        batch_size=batch_size, workers=workers, decode=decode, compile=compile_mode, device=device, precision=precision, dtype=dtype,
+                        image_size=image_size, batch_size=batch_size, workers=workers, decode=decode,
+                        compile=compile_mode, device=device, precision=precision, dtype=dtype,
                         views=views, val_fraction=val_fraction, seed=seed, overwrite=overwrite, limit=limit,
                         progress=not quiet, shard=shard, exclude=exclude, labels=labels, image_column=image_column,
                         label_column=label_column, unlabeled=tuple(unlabeled))

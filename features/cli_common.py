@@ -110,6 +110,13 @@ def workers_option(default: int | None, help_text: str) -> Decorator:
                         help=help_text)
 
 
+def image_size_option() -> Decorator:
+    return click.option("--image-size", type=click.IntRange(min=32), default=None,
+                        help="Side in pixels of the square crop fed to the network; the resize before the crop keeps "
+                             "its ratio to it. Larger than the weights' own size often pays for frozen features "
+                             "(see the README) [default: the weights' own size, e.g. 224 for efficientnet_lite0].")
+
+
 def quiet_option() -> Decorator:
     return click.option("--quiet", is_flag=True, help="No progress line.")
 

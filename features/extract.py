@@ -55,6 +55,7 @@ class ExtractConfig:
     out_path: str
     backbone: str = "efficientnet_lite0"
     weights: str = "DEFAULT"
+    image_size: int | None = None  # crop side fed to the network; None: the weights' own evaluation size
     batch_size: int = 32
     workers: int | None = None
     # Without workers, between batches: "turn" in this thread, "pool" across the cores (None: the
@@ -107,6 +108,7 @@ class ExtractSummary:
     feature_dim: int
     device: str
     precision: str
+    image_size: int  # side of the square crop fed to the network
     classes: list[str]
     splits: list[SplitSummary] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -123,7 +125,8 @@ class ExtractSummary:
         """Human-readable summary, one line per split plus every skipped file."""
         out = [f"{self.status}: {self.path}",
                f"backbone {self.backbone} ({self.weights}), {self.feature_dim}-d features, "
-               f"{len(self.classes)} classes, device {self.device}, precision {self.precision}"]
+               f"{len(self.classes)} classes, {self.image_size}-px input, device {self.device}, "
+               f"precision {self.precision}"]
         out += self.notes
         for s in self.splits:
             out.append(f"  {s.split:>10}: {s.images} images, {s.rows} rows, {len(s.skipped)} skipped, "
@@ -348,13 +351,13 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         raise ValueError(f"--views needs a labeled training split; found {', '.join(splits)}")
 
     check_output_path(cfg.out_path)
-    backbone = load_backbone(cfg.backbone, cfg.weights)
+    backbone = load_backbone(cfg.backbone, cfg.weights, cfg.image_size)
     # Frozen inference: every conv -> BatchNorm pair of the traced graph becomes one convolution.
     backbone.model, folded = fold_batchnorm(backbone.model, (backbone.spec.feature_module,
                                                              backbone.spec.classifier_slot))
     attrs = _file_attrs(cfg, layout, splits, backbone, views_split, precision, excluded, folded)
     summary = ExtractSummary(cfg.out_path, "", backbone.spec.name, backbone.weights.identity, backbone.feature_dim,
-                             str(device), precision, layout.classes)
+                             str(device), precision, backbone.preprocessing.crop_size, layout.classes)
     if excluded is not None:
         summary.notes.append(f"excluded {excluded['excluded']} files listed in {cfg.exclude}"
                              + (f" ({excluded['listed'] - excluded['excluded']} listed paths are not in the dataset)"

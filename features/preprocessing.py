@@ -7,7 +7,7 @@ torch; torchvision is imported only when transforms are built.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 from PIL import Image
@@ -84,6 +84,10 @@ class Preprocessing:
             exif_orientation=bool(raw.get("exif_orientation", False)),
             jpeg_draft=bool(raw.get("jpeg_draft", False)),
         )
+
+    def at_crop_size(self, crop_size: int) -> "Preprocessing":
+        """The same recipe for another crop side; the resize keeps its ratio to the crop (256/224 stays 256/224)."""
+        return replace(self, crop_size=crop_size, resize_size=round(crop_size * self.resize_size / self.crop_size))
 
     def load(self, path: str | os.PathLike) -> Image.Image:
         """Decode ``path`` to RGB the way this record says (see :func:`features.images.load_rgb`).

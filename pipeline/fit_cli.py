@@ -9,8 +9,8 @@ from __future__ import annotations
 import click
 
 from features.cli_common import (CONTEXT_SETTINGS, auto_or_positive, batch_size_option, default_features_path,
-                                 device_option, exit_codes, precision_option, quiet_option, seed_option,
-                                 workers_option)
+                                 device_option, exit_codes, image_size_option, precision_option, quiet_option,
+                                 seed_option, workers_option)
 from features.extract import ExtractConfig, extract
 from pipeline.train_head import HeadConfig, summary_lines, train_head
 from pipeline.user_errors import USER_ERRORS
@@ -22,6 +22,7 @@ from pipeline.user_errors import USER_ERRORS
 @click.option("--labels", default=None, help="CSV/TSV label file (see `tlcache extract --help`).")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True, help="Registry name.")
 @click.option("--weights", default="DEFAULT", show_default=True)
+@image_size_option()
 @click.option("--features", "features_path", default=None,
               help="Feature file to write (or resume) [default: ROOTNAME-BACKBONE.h5].")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
@@ -38,12 +39,12 @@ from pipeline.user_errors import USER_ERRORS
 @seed_option("Seed of the val split and of the C sweep's folds.")
 @click.option("--out", "out_dir", default="head", show_default=True, help="HEAD_DIR to write.")
 @quiet_option()
-def fit_command(data_root, labels, backbone, weights, features_path, val_fraction, batch_size, workers, device,
+def fit_command(data_root, labels, backbone, weights, image_size, features_path, val_fraction, batch_size, workers, device,
                 precision, clf, C, cv, class_weight, seed, out_dir, quiet) -> None:
     """Extract features and train a head in one process: `tlcache extract` then `tlcache head`."""
     features_path = features_path or default_features_path(data_root, backbone)
     extraction = ExtractConfig(data_root=data_root, out_path=features_path, backbone=backbone, weights=weights,
-                               batch_size=batch_size, workers=workers, device=device, precision=precision,
+                               image_size=image_size, batch_size=batch_size, workers=workers, device=device, precision=precision,
                                val_fraction=val_fraction, seed=seed, progress=not quiet, labels=labels)
     head = HeadConfig(features_path=features_path, out_dir=out_dir, clf=clf, C=C, cv=cv,
                       class_weight=None if class_weight == "none" else class_weight, seed=seed)

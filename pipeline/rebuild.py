@@ -25,7 +25,7 @@ def weights_argument(identity: FeatureIdentity) -> str:
 
 
 def rebuild_backbone(identity: FeatureIdentity) -> Backbone:
-    """Load the backbone named in a feature identity and prove it is the same one.
+    """Load the backbone named in a feature identity, at its image size, and prove it is the same one.
 
     Raises
     ------
@@ -33,7 +33,7 @@ def rebuild_backbone(identity: FeatureIdentity) -> Backbone:
         The weights available now differ (another file hash, another package version),
         or the preprocessing or feature layer changed since the features were made.
     """
-    backbone = load_backbone(identity.backbone, weights_argument(identity))
+    backbone = load_backbone(identity.backbone, weights_argument(identity), identity.preprocessing.crop_size)
     differences = FeatureIdentity.of_backbone(backbone, identity.classes).mismatches(identity)
     if differences:
         said = "; ".join(f"{name} {now!r} now, {then!r} then" for name, (now, then) in differences.items())

@@ -148,3 +148,45 @@ def test_torchvision_weights_offline_message(tmp_path, monkeypatch):
 
     with pytest.raises(WeightsUnavailable, match="--weights PATH.*--weights none"):
         load_backbone("resnet18", "DEFAULT")
+
+
+def test_image_size_keeps_the_resize_ratio_and_refuses_what_cannot_work():
+    b = load_backbone("tiny_cnn", "none", 64)
+    assert (b.preprocessing.crop_size, b.preprocessing.resize_size) == (64, 72)
+    assert load_backbone("tiny_cnn", "none", 32).preprocessing == load_backbone("tiny_cnn", "none").preprocessing
+    with pytest.raises(BackboneError, match="below 32 px"):
+        load_backbone("tiny_cnn", "none", 16)
+    with pytest.raises(BackboneError, match="cannot take 32-px images"):
+        load_backbone("inception_v3", "none", 32)
+
+
+def test_lite_padding_is_tf_same_for_the_requested_size():
+    """EfficientNet-Lite pads as TF's "same" for the side it was built for: at 256, Lite1 (built for 240 by default)
+    must pad every convolution for the map it really receives, which 240's padding does not."""
+    import math
+
+    def mismatches(model, side):
+        bad = []
+
+        def check(module, inputs):
+            ih, iw = inputs[0].shape[-2:]
+            kh, kw = module.weight.shape[-2:]
+            sh, sw = module.stride
+            ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+            pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+            want = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+            have = getattr(module.static_padding, "padding", (0, 0, 0, 0))
+            if tuple(have) != want:
+                bad.append(module)
+
+        convs = [m for m in model.modules() if type(m).__name__ == "Conv2dStaticSamePadding"]
+        handles = [m.register_forward_pre_hook(check) for m in convs]
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, side, side))
+        for h in handles:
+            h.remove()
+        return len(convs), len(bad)
+
+    convs, bad = mismatches(load_backbone("efficientnet_lite1", "none", 256).model, 256)
+    assert convs > 30 and bad == 0
+    assert mismatches(load_backbone("efficientnet_lite1", "none").model, 256)[1] > 0

@@ -267,3 +267,35 @@ def test_fuse_says_when_the_head_was_trained_on_bf16_features(tiny_pipeline, tmp
     heard.clear()
     build_model(BuildConfig(head, str(tmp_path / "m16"), onnx=False), log=heard.append)
     assert any(line.startswith("note: the head was trained on bf16 features") for line in heard), heard
+
+
+def test_image_size_flows_from_extraction_to_the_model(tmp_path):
+    """Features at --image-size 64 (tiny_cnn's own is 32): the head, the fused model and its predictions on the
+    image files all use the recorded 64-px recipe, and the model's probabilities are the head's on the features."""
+    from features.extract import ExtractConfig, extract
+    from features.store import FeatureFile
+    from pipeline.affine import load_affine
+    from pipeline.predict import predict_images
+    from tests.conftest import make_imagefolder
+
+    data = make_imagefolder(str(tmp_path / "data"), {"train": {"ants": 12, "bees": 12}, "val": {"ants": 6, "bees": 6}})
+    feats = str(tmp_path / "f.h5")
+    extract(ExtractConfig(data_root=data, out_path=feats, backbone="tiny_cnn", weights="none", precision="fp32",
+                          image_size=64, progress=False))
+    with FeatureFile(feats) as ff:
+        prep = ff.identity().preprocessing
+        val = ff.read_split("val").clean()
+    assert (prep.crop_size, prep.resize_size) == (64, 72)  # tiny_cnn's 36/32 ratio kept
+    head = str(tmp_path / "head")
+    train_head(HeadConfig(feats, head, clf="logreg", n_jobs=1))
+    out = str(tmp_path / "model")
+    sidecar = build_model(BuildConfig(head, out), log=lambda *_: None)
+    assert sidecar["input_size"] == 64 and sidecar["preprocessing"]["resize_size"] == 72
+    logits = load_affine(head).logits(val.features)
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    preds, skipped = predict_images(out, [os.path.join(data, p) for p in val.paths], top_k=2)
+    classes = sidecar["classes"]
+    got = np.array([[dict(p.top)[c] for c in classes] for p in preds])
+    assert not skipped
+    np.testing.assert_allclose(got, expected, atol=1e-4)

@@ -1,0 +1,105 @@
+"""Section 22: the input size of frozen-feature extraction, accuracy against time (efficientnet_lite0)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+
+from benchmarks.bench_extract import _digits, full_path
+from benchmarks.bench_finetune import SHAPES
+from benchmarks.common import HYMENOPTERA, head_val_accuracy, run_measured
+
+SIZES = (224, 256, 288, 320)
+FUSE_SIZE = 288  # hymenoptera's best size above: its heads go through the default fuse command
+
+
+def _shapes(out_dir: str) -> tuple[str, list[str]]:
+    """Section 21's generated shapes (600 train, 300 val at 96 px), written when missing; the root and its command."""
+    name, train_per_class, val_per_class = SHAPES
+    root = os.path.join(out_dir, name)
+    m = None
+    if not os.path.isdir(root):
+        m = run_measured(["benchmarks/shapes_data.py", root, str(train_per_class), str(val_per_class), "0"])
+    command = m.command if m else f"python benchmarks/shapes_data.py {root} {train_per_class} {val_per_class} 0"
+    return root, [command]
+
+
+def section_image_size(out_dir: str, quick: bool) -> list[str]:
+    """Extraction at several ``--image-size`` on three datasets: rate, and logreg val accuracy over resplits.
+
+    Parameters
+    ----------
+    out_dir : str
+        Work folder for the datasets and feature files.
+    quick : bool
+        Two sizes and two resplits (a smoke run, not for quoting).
+
+    Returns
+    -------
+    list of str
+        The section's Markdown lines.
+    """
+    sizes = (224, 288) if quick else SIZES
+    seeds = 2 if quick else 10
+    shapes_root, commands = _shapes(out_dir)
+    datasets = [("hymenoptera", HYMENOPTERA), ("digits demo", _digits(out_dir)), ("shapes", shapes_root)]
+    lines = ["## 22. Input size for frozen features: accuracy against time (efficientnet_lite0, logreg)", "",
+             "Each dataset is extracted at each `--image-size` (the crop side; the resize keeps the 256/224 ratio) "
+             "with the other options at their defaults. A logreg head, C chosen by 5-fold CV, is scored on the "
+             f"dataset's own split and on {seeds} stratified resplits of every labeled image, the same rows at every "
+             "size (`benchmarks/size_evidence.py`). Networks trained with random-resized crops see objects larger "
+             "in training than in a centre crop at the same size, so a larger test input often scores better "
+             "(Touvron et al., *Fixing the train-test resolution discrepancy*, 2019).", "",
+             "| dataset | image size | extraction img/s | time per image vs 224 | own split val acc | mean resplit "
+             "val acc | vs 224, images per resplit | better / same / worse than 224 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, root in datasets:
+        paths, rates = [], {}
+        for size in sizes:
+            m, path, rates[size] = full_path(out_dir, "efficientnet_lite0", "DEFAULT", "auto", 32, data=root,
+                                             name=f"size-{label.split()[0]}-{size}.h5",
+                                             extra=("--image-size", str(size)))
+            commands.append(m.command)
+            paths.append(path)
+        m = run_measured(["benchmarks/size_evidence.py", str(seeds), *paths])
+        commands.append(m.command)
+        files = json.loads(m.stdout)["files"]
+        base = np.array(files[0]["resplits"])
+        for f, size in zip(files, sizes):
+            acc = np.array(f["resplits"])
+            diff = (acc - base) * f["resplit_val_images"]
+            lines.append(f"| {label} | {size} | {rates[size]:.1f} | {rates[sizes[0]] / rates[size]:.2f}x | "
+                         f"{f['own_split']:.4f} | {acc.mean():.4f} | {diff.mean():+.2f} | "
+                         f"{int((diff > 0.5).sum())} / {int((abs(diff) < 0.5).sum())} / {int((diff < -0.5).sum())} |")
+    fuse_lines, fuse_commands = _fused_at_size(out_dir, quick)
+    return lines + fuse_lines + ["", "```"] + commands + fuse_commands + ["```", ""]
+
+
+def _fused_at_size(out_dir: str, quick: bool) -> tuple[list[str], list[str]]:
+    """Hymenoptera's logreg and ``--init imagenet`` heads on the ``FUSE_SIZE`` features, through
+    ``python -m pipeline.fuse --finetune auto``: the head's and the kept model's val accuracy."""
+    feats = os.path.join(out_dir, f"size-hymenoptera-{FUSE_SIZE}.h5")
+    lines = ["", f"Hymenoptera at `--image-size {FUSE_SIZE}`: each head through the default fuse command "
+             "(`--finetune auto`: up to 10 epochs, patience 2, the best epoch kept; `--lr auto`).", "",
+             "| head | head val acc | fine-tuned val acc | kept epoch | epochs run | s per epoch |",
+             "|---|---|---|---|---|---|"]
+    commands = []
+    for label, extra in (("logreg", ["--clf", "logreg"]), ("linear --init imagenet", ["--clf", "linear", "--init", "imagenet"])):
+        name = "imagenet" if "--init" in extra else "logreg"
+        head, model = (os.path.join(out_dir, f"size-{kind}-{name}-{FUSE_SIZE}") for kind in ("head", "model"))
+        for folder in (head, model):
+            shutil.rmtree(folder, ignore_errors=True)
+        length = ["--finetune-epochs", "1"] if quick else ["--finetune", "auto"]
+        steps = [["run_head.py", "--features", feats, *extra, "--out", head],
+                 ["-m", "pipeline.fuse", "--head", head, "--out", model, *length, "--no-onnx", "--quiet"]]
+        commands += [run_measured(args).command for args in steps]
+        with open(os.path.join(model, "model.json"), encoding="utf-8") as fh:
+            tuned = json.load(fh)["finetune"]
+        trained = [h for h in tuned["history"] if h["epoch"] > 0]
+        per_epoch = sum(h["seconds"] for h in trained) / max(1, len(trained))
+        lines.append(f"| {label} | {head_val_accuracy(head)[0]:.4f} | {tuned['best_val_accuracy']:.4f} | "
+                     f"{tuned['best_epoch']} | {len(trained)} | {per_epoch:.1f} |")
+    return lines, commands
