@@ -180,7 +180,7 @@ def section_precision(out_dir: str, files: dict, rates: dict) -> list[str]:
     return lines
 
 
-def _digits(out_dir: str) -> str:
+def digits_dataset(out_dir: str) -> str:
     """The demo's digits ImageFolder (1347 train, 450 val), written once."""
     from features.demo_data import write_digits_imagefolder
 
@@ -217,7 +217,7 @@ def section_precision_evidence(out_dir: str, quick: bool) -> list[str]:
              "bf16 better / same / worse | val predictions that differ | cosine min / mean | full path bf16 / fp32 |",
              "|---|---|---|---|---|---|---|---|---|"]
     commands = []
-    cases = [("hymenoptera", HYMENOPTERA, seeds, ())] + [("digits", _digits(out_dir), seeds, ())]
+    cases = [("hymenoptera", HYMENOPTERA, seeds, ())] + [("digits", digits_dataset(out_dir), seeds, ())]
     cases += [(f"hymenoptera views 4 seed {s}", HYMENOPTERA, 1, ("--views", "4", "--seed", str(s)))
               for s in range(1 if quick else 3)]
     totals = {"fp32": [], "bf16": []}

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 
-from benchmarks.bench_extract import _digits, full_path
+from benchmarks.bench_extract import digits_dataset, full_path
 from benchmarks.bench_finetune import SHAPES
 from benchmarks.common import HYMENOPTERA, head_val_accuracy, run_measured
 
@@ -17,14 +17,13 @@ FUSE_SIZE = 288  # hymenoptera's best size above: its heads go through the defau
 
 
 def _shapes(out_dir: str) -> tuple[str, list[str]]:
-    """Section 21's generated shapes (600 train, 300 val at 96 px), written when missing; the root and its command."""
+    """Section 21's generated shapes (600 train, 300 val at 96 px), written afresh into this section's own folder
+    (section 21's quick runs leave a smaller set in theirs); the root and the command."""
     name, train_per_class, val_per_class = SHAPES
-    root = os.path.join(out_dir, name)
-    m = None
-    if not os.path.isdir(root):
-        m = run_measured(["benchmarks/shapes_data.py", root, str(train_per_class), str(val_per_class), "0"])
-    command = m.command if m else f"python benchmarks/shapes_data.py {root} {train_per_class} {val_per_class} 0"
-    return root, [command]
+    root = os.path.join(out_dir, f"size-{name}")
+    shutil.rmtree(root, ignore_errors=True)
+    m = run_measured(["benchmarks/shapes_data.py", root, str(train_per_class), str(val_per_class), "0"])
+    return root, [m.command]
 
 
 def section_image_size(out_dir: str, quick: bool) -> list[str]:
@@ -45,7 +44,7 @@ def section_image_size(out_dir: str, quick: bool) -> list[str]:
     sizes = (224, 288) if quick else SIZES
     seeds = 2 if quick else 10
     shapes_root, commands = _shapes(out_dir)
-    datasets = [("hymenoptera", HYMENOPTERA), ("digits demo", _digits(out_dir)), ("shapes", shapes_root)]
+    datasets = [("hymenoptera", HYMENOPTERA), ("digits demo", digits_dataset(out_dir)), ("shapes", shapes_root)]
     lines = ["## 22. Input size for frozen features: accuracy against time (efficientnet_lite0, logreg)", "",
              "Each dataset is extracted at each `--image-size` (the crop side; the resize keeps the 256/224 ratio) "
              "with the other options at their defaults. A logreg head, C chosen by 5-fold CV, is scored on the "
@@ -79,27 +78,33 @@ def section_image_size(out_dir: str, quick: bool) -> list[str]:
 
 
 def _fused_at_size(out_dir: str, quick: bool) -> tuple[list[str], list[str]]:
-    """Hymenoptera's logreg and ``--init imagenet`` heads on the ``FUSE_SIZE`` features, through
-    ``python -m pipeline.fuse --finetune auto``: the head's and the kept model's val accuracy."""
-    feats = os.path.join(out_dir, f"size-hymenoptera-{FUSE_SIZE}.h5")
-    lines = ["", f"Hymenoptera at `--image-size {FUSE_SIZE}`: each head through the default fuse command "
-             "(`--finetune auto`: up to 10 epochs, patience 2, the best epoch kept; `--lr auto`).", "",
-             "| head | head val acc | fine-tuned val acc | kept epoch | epochs run | s per epoch |",
-             "|---|---|---|---|---|---|"]
+    """Hymenoptera's logreg and ``--init imagenet`` heads on the 224 and ``FUSE_SIZE`` features, and the
+    ``FUSE_SIZE`` heads through ``python -m pipeline.fuse --finetune auto``: val accuracy of each."""
+    lines = ["", f"Hymenoptera's heads on the 224 and the {FUSE_SIZE} features above; the {FUSE_SIZE} heads then go "
+             "through the default fuse command (`--finetune auto`: up to 10 epochs, patience 2, the best epoch "
+             "kept; `--lr auto`).", "",
+             f"| head | head val acc at 224 | head val acc at {FUSE_SIZE} | after the fuse command | kept epoch | "
+             "epochs run | s per epoch |",
+             "|---|---|---|---|---|---|---|"]
     commands = []
-    for label, extra in (("logreg", ["--clf", "logreg"]), ("linear --init imagenet", ["--clf", "linear", "--init", "imagenet"])):
+    for label, extra in (("logreg", ["--clf", "logreg"]),
+                         ("linear --init imagenet", ["--clf", "linear", "--init", "imagenet"])):
         name = "imagenet" if "--init" in extra else "logreg"
-        head, model = (os.path.join(out_dir, f"size-{kind}-{name}-{FUSE_SIZE}") for kind in ("head", "model"))
-        for folder in (head, model):
-            shutil.rmtree(folder, ignore_errors=True)
+        heads = {}
+        for size in (224, FUSE_SIZE):
+            heads[size] = os.path.join(out_dir, f"size-head-{name}-{size}")
+            shutil.rmtree(heads[size], ignore_errors=True)
+            feats = os.path.join(out_dir, f"size-hymenoptera-{size}.h5")
+            commands.append(run_measured(["run_head.py", "--features", feats, *extra, "--out", heads[size]]).command)
+        model = os.path.join(out_dir, f"size-model-{name}-{FUSE_SIZE}")
+        shutil.rmtree(model, ignore_errors=True)
         length = ["--finetune-epochs", "1"] if quick else ["--finetune", "auto"]
-        steps = [["run_head.py", "--features", feats, *extra, "--out", head],
-                 ["-m", "pipeline.fuse", "--head", head, "--out", model, *length, "--no-onnx", "--quiet"]]
-        commands += [run_measured(args).command for args in steps]
+        commands.append(run_measured(["-m", "pipeline.fuse", "--head", heads[FUSE_SIZE], "--out", model, *length,
+                                      "--no-onnx", "--quiet"]).command)
         with open(os.path.join(model, "model.json"), encoding="utf-8") as fh:
             tuned = json.load(fh)["finetune"]
         trained = [h for h in tuned["history"] if h["epoch"] > 0]
         per_epoch = sum(h["seconds"] for h in trained) / max(1, len(trained))
-        lines.append(f"| {label} | {head_val_accuracy(head)[0]:.4f} | {tuned['best_val_accuracy']:.4f} | "
-                     f"{tuned['best_epoch']} | {len(trained)} | {per_epoch:.1f} |")
+        lines.append(f"| {label} | {head_val_accuracy(heads[224])[0]:.4f} | {head_val_accuracy(heads[FUSE_SIZE])[0]:.4f} | "
+                     f"{tuned['best_val_accuracy']:.4f} | {tuned['best_epoch']} | {len(trained)} | {per_epoch:.1f} |")
     return lines, commands

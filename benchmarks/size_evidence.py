@@ -31,10 +31,10 @@ def main(seeds: int, paths: list[str]) -> dict:
             raise SystemExit(f"error: {path} does not hold the same images in the same order as {paths[0]}")
         val = rows["val"].clean()
         own, _, own_C = fit_score(rows["train"], val.features, val.labels, 0)
-        resplits = [fit_score(*resplit(rows, seed), seed)[0] for seed in range(seeds)]
+        drawn = [resplit(rows, seed) for seed in range(seeds)]
         files.append({"path": path, "image_size": _crop_size(path), "own_split": own, "own_C": own_C,
-                      "resplits": resplits, "val_images": int(len(val.labels)),
-                      "resplit_val_images": int(len(resplit(rows, 0)[2]))})
+                      "resplits": [fit_score(*split, seed)[0] for seed, split in enumerate(drawn)],
+                      "val_images": int(len(val.labels)), "resplit_val_images": int(len(drawn[0][2]))})
     return {"files": files}
 
 

@@ -311,18 +311,25 @@ def load_backbone(name: str, weights: str = "DEFAULT", image_size: int | None = 
             model = spec.build_for_input(image_size)
         else:
             model = spec.build()
+    # Measured before the weights load: a size the network cannot take is said at once, not after a download.
+    dim = None if image_size is None else _feature_dim_at_size(model, spec, image_size)
     resolved = _resolve_and_load(spec, model, weights)
     model.eval()
     model.requires_grad_(False)
     preprocessing = spec.preprocessing(resolved.enum_name)
     if image_size is not None and image_size != preprocessing.crop_size:
         preprocessing = preprocessing.at_crop_size(image_size)
-    try:
+    if dim is None:
         dim = measure_feature_dim(model, spec, preprocessing.crop_size)
+    return Backbone(spec, model, resolved, preprocessing, dim)
+
+
+def _feature_dim_at_size(model: nn.Module, spec: BackboneSpec, image_size: int) -> int:
+    try:
+        return measure_feature_dim(model, spec, image_size)
     except RuntimeError as exc:  # e.g. a kernel larger than the map left at this size
         first = str(exc).strip().splitlines()[0]
-        raise BackboneError(f"{name} cannot take {preprocessing.crop_size}-px images ({first})") from None
-    return Backbone(spec, model, resolved, preprocessing, dim)
+        raise BackboneError(f"{spec.name} cannot take {image_size}-px images ({first})") from None
 
 
 # --------------------------------------------------------------------------- entries

@@ -37,7 +37,8 @@ from features.store import FeatureFile, FeatureFileError
 @click.option("--weights", default="DEFAULT", show_default=True,
               help="DEFAULT, a torchvision weights name (IMAGENET1K_V1), a state_dict PATH, or none.")
 @image_size_option()
-@click.option("--out", "out_path", type=str, help="Output HDF5 file [default: ROOTNAME-BACKBONE.h5].")
+@click.option("--out", "out_path", type=str,
+              help="Output HDF5 file [default: ROOTNAME-BACKBONE.h5; ROOTNAME-BACKBONE-NNNpx.h5 with --image-size].")
 @batch_size_option(32)
 @workers_option(None, "DataLoader decode workers [default: 0 on 2 CPU cores, more on larger machines and GPUs].")
 @click.option("--decode", type=click.Choice(list(DECODE_MODES)), default=None,
@@ -82,7 +83,7 @@ def extract_command(data_root, labels, image_column, label_column, unlabeled, ba
     if not data_root:
         fail("--data ROOT is required (or use --list-backbones)")
     if out_path is None:
-        out_path = default_features_path(data_root, backbone)
+        out_path = default_features_path(data_root, backbone, image_size)
     try:
         shard = shard_from_env(os.environ)
     except ValueError as exc:

@@ -111,6 +111,7 @@ def workers_option(default: int | None, help_text: str) -> Decorator:
 
 
 def image_size_option() -> Decorator:
+    # 32: features.backbones.MIN_IMAGE_SIZE, not imported here (that module loads torch).
     return click.option("--image-size", type=click.IntRange(min=32), default=None,
                         help="Side in pixels of the square crop fed to the network; the resize before the crop keeps "
                              "its ratio to it. Larger than the weights' own size often pays for frozen features "
@@ -121,6 +122,8 @@ def quiet_option() -> Decorator:
     return click.option("--quiet", is_flag=True, help="No progress line.")
 
 
-def default_features_path(data_root: str, backbone: str) -> str:
-    """``ROOTNAME-BACKBONE.h5`` in the working directory: the feature file name when ``--out`` is not given."""
-    return f"{os.path.basename(os.path.normpath(data_root))}-{backbone}.h5"
+def default_features_path(data_root: str, backbone: str, image_size: int | None = None) -> str:
+    """``ROOTNAME-BACKBONE.h5`` in the working directory, ``ROOTNAME-BACKBONE-288px.h5`` with an explicit
+    ``--image-size 288``: the feature file name when ``--out`` is not given (another size gets another file)."""
+    size = "" if image_size is None else f"-{image_size}px"
+    return f"{os.path.basename(os.path.normpath(data_root))}-{backbone}{size}.h5"

@@ -86,7 +86,22 @@ class Preprocessing:
         )
 
     def at_crop_size(self, crop_size: int) -> "Preprocessing":
-        """The same recipe for another crop side; the resize keeps its ratio to the crop (256/224 stays 256/224)."""
+        """The same recipe for another crop side.
+
+        The resize keeps its ratio to the crop, so the crop covers the same share of the
+        image at every size (Lite0's 256/224: 288 is cut from 329). One rule for every
+        backbone; it is what BENCHMARKS.md section 22 measured (the TF reference's
+        "crop + 32" for the Lite nets holds at their own sizes only).
+
+        Parameters
+        ----------
+        crop_size : int
+            Side of the square centre crop.
+
+        Returns
+        -------
+        Preprocessing
+        """
         return replace(self, crop_size=crop_size, resize_size=round(crop_size * self.resize_size / self.crop_size))
 
     def load(self, path: str | os.PathLike) -> Image.Image:

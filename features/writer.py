@@ -276,11 +276,17 @@ def _fill(h5: h5py.File, state: journal.JournalState, jf) -> None:
 
 
 def _mismatches(found: dict, attrs: dict) -> list[str]:
-    """Names of the identity fields and extraction attributes in which two sets of root attributes differ."""
+    """Names of the identity fields and extraction attributes in which two sets of root attributes differ
+    (another image size is named with both sizes: a forgotten ``--image-size`` is the likeliest cause)."""
     try:
-        bad = list(FeatureIdentity.from_attrs(found).mismatches(FeatureIdentity.from_attrs(attrs)))
+        in_file, asked = FeatureIdentity.from_attrs(found), FeatureIdentity.from_attrs(attrs)
+        bad = list(in_file.mismatches(asked))
     except (KeyError, ValueError, TypeError):
         bad = ["identity (unreadable)"]
+    else:
+        sizes = asked.preprocessing.crop_size, in_file.preprocessing.crop_size
+        if "preprocessing" in bad and sizes[0] != sizes[1]:
+            bad[bad.index("preprocessing")] = f"image size: {sizes[0]} px asked, {sizes[1]} px in the file"
     return bad + [k for k in EXTRACTION_ATTRS if str(found.get(k)) != str(attrs.get(k))]
 
 

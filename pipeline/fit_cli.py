@@ -24,7 +24,9 @@ from pipeline.user_errors import USER_ERRORS
 @click.option("--weights", default="DEFAULT", show_default=True)
 @image_size_option()
 @click.option("--features", "features_path", default=None,
-              help="Feature file to write (or resume) [default: ROOTNAME-BACKBONE.h5].")
+              help="Feature file to write (or resume) [default: ROOTNAME-BACKBONE.h5; "
+                   "ROOTNAME-BACKBONE-NNNpx.h5 with --image-size].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing feature file made with another configuration.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="One labeled split only: stratified fraction moved to a val split.")
 @batch_size_option(32)
@@ -39,13 +41,14 @@ from pipeline.user_errors import USER_ERRORS
 @seed_option("Seed of the val split and of the C sweep's folds.")
 @click.option("--out", "out_dir", default="head", show_default=True, help="HEAD_DIR to write.")
 @quiet_option()
-def fit_command(data_root, labels, backbone, weights, image_size, features_path, val_fraction, batch_size, workers, device,
-                precision, clf, C, cv, class_weight, seed, out_dir, quiet) -> None:
+def fit_command(data_root, labels, backbone, weights, image_size, features_path, overwrite, val_fraction, batch_size,
+                workers, device, precision, clf, C, cv, class_weight, seed, out_dir, quiet) -> None:
     """Extract features and train a head in one process: `tlcache extract` then `tlcache head`."""
-    features_path = features_path or default_features_path(data_root, backbone)
+    features_path = features_path or default_features_path(data_root, backbone, image_size)
     extraction = ExtractConfig(data_root=data_root, out_path=features_path, backbone=backbone, weights=weights,
-                               image_size=image_size, batch_size=batch_size, workers=workers, device=device, precision=precision,
-                               val_fraction=val_fraction, seed=seed, progress=not quiet, labels=labels)
+                               image_size=image_size, batch_size=batch_size, workers=workers, device=device,
+                               precision=precision, val_fraction=val_fraction, seed=seed, overwrite=overwrite,
+                               progress=not quiet, labels=labels)
     head = HeadConfig(features_path=features_path, out_dir=out_dir, clf=clf, C=C, cv=cv,
                       class_weight=None if class_weight == "none" else class_weight, seed=seed)
     with exit_codes(USER_ERRORS, f"interrupted; rerun the same command to resume {features_path}"):

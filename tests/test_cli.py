@@ -72,3 +72,22 @@ def test_fit_in_one_process_writes_what_the_two_commands_write(tmp_path):
     assert reports[0]["C"] == reports[1]["C"] and reports[0]["splits"] == reports[1]["splits"]
     bad = run_cli("-m pipeline.cli", "fit", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_image_size_through_the_commands(tmp_path):
+    """--image-size reaches the feature file through `tlcache fit`; a rerun that forgets it names both sizes."""
+    from features.cli_common import default_features_path
+    from features.store import FeatureFile
+
+    assert default_features_path("/d/ants", "resnet50") == "ants-resnet50.h5"
+    assert default_features_path("/d/ants", "resnet50", 288) == "ants-resnet50-288px.h5"
+    data = make_imagefolder(str(tmp_path / "data"), {"train": {"a": 6, "b": 6}, "val": {"a": 3, "b": 3}})
+    feats = str(tmp_path / "f.h5")
+    common = ["--data", data, "--backbone", "tiny_cnn", "--weights", "none", "--quiet"]
+    r = run_cli("-m pipeline.cli", "fit", *common, "--image-size", "64", "--features", feats, "--out", str(tmp_path / "h"))
+    assert r.returncode == 0 and "64-px input" in r.stdout, r.stderr
+    with FeatureFile(feats) as ff:
+        assert ff.identity().preprocessing.crop_size == 64
+    again = run_cli("run_extract.py", *common, "--out", feats)
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
+    assert "image size: 32 px asked, 64 px in the file" in again.stderr
