@@ -10,7 +10,9 @@
   processes are still alive (joblib's workers), the ordinary exit runs so that they are
   shut down; Ctrl-C is then ignored for that moment.
 
-Only the standard library and click are imported here, so this module loads first.
+Only the standard library, click and :mod:`features.interrupt` (standard library only) are
+imported here, so this module loads first. A Ctrl-C that a library import swallows is still
+remembered, and stops the run at its first batch boundary.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import sys
 from typing import NoReturn
 
 import click
+
+from features.interrupt import remember_interrupts
 
 EXIT_INTERRUPTED = 130  # in the exit-code table of features.cli_common
 
@@ -43,6 +47,7 @@ def run_command(command: click.Command, args: list[str] | None = None, prog_name
     prog_name : str, optional
         The name shown in usage lines.
     """
+    remember_interrupts()
     try:
         try:
             result = command.main(args, prog_name=prog_name, standalone_mode=False)
@@ -88,6 +93,7 @@ def run_entry_point(module: str, attribute: str = "main") -> None:
     attribute : str
         A function of no arguments that ends in :func:`run_command`.
     """
+    remember_interrupts()
     try:
         dispatch = getattr(importlib.import_module(module), attribute)
     except KeyboardInterrupt:

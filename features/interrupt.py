@@ -10,6 +10,26 @@ from typing import Iterator
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+_early: list[str] = []  # a SIGINT that came before the stop handlers, whatever became of its KeyboardInterrupt
+
+
+def remember_interrupts() -> None:
+    """Make SIGINT raise ``KeyboardInterrupt`` as usual, and remember that it came.
+
+    A library import that catches every exception (a bare ``except:``) can swallow the
+    ``KeyboardInterrupt`` of a Ctrl-C pressed while it loads; the run would then go on as
+    if nothing had been asked. Remembered, the request still stops the run at its first
+    batch boundary (:func:`stop_between_batches`). A no-op outside the main thread.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _remember_and_raise)
+
+
+def _remember_and_raise(signum, frame) -> None:
+    _early.append(signal.Signals(signum).name)
+    raise KeyboardInterrupt
+
+
 class Interrupted(Exception):
     """The run stopped at a batch boundary because a signal asked it to."""
 
@@ -39,6 +59,8 @@ def stop_between_batches() -> Iterator[StopRequest]:
     and the default behaviour stays.
     """
     request = StopRequest()
+    if _early:
+        request.signal_name = _early[0]
     if threading.current_thread() is not threading.main_thread():
         yield request
         return

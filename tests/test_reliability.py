@@ -268,3 +268,27 @@ def test_model_and_head_folders_appear_whole(reference, tmp_path):
     r = run_cli("-m pipeline.predict", "--model", model, image)
     assert r.returncode == 2
     one_line_error(r.stderr, "damaged model folder", "does not match the SHA-256")
+
+
+def test_a_ctrl_c_that_an_import_swallows_still_stops_the_run():
+    """A library import with a bare ``except:`` can swallow the KeyboardInterrupt of a Ctrl-C pressed while it
+    loads (once seen as a run that finished with exit 0); the request is remembered and stops the first batch."""
+    code = (
+        "import os, signal, time\n"
+        "from features.interrupt import Interrupted, remember_interrupts, stop_between_batches\n"
+        "remember_interrupts()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(5)\n"
+        "except:\n"  # what a careless import does
+        "    pass\n"
+        "with stop_between_batches() as stop:\n"
+        "    try:\n"
+        "        stop.check()\n"
+        "        print('went on')\n"
+        "    except Interrupted as exc:\n"
+        "        print(exc)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "stopped by SIGINT after the last committed batch"
