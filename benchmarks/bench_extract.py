@@ -8,7 +8,7 @@ import statistics
 
 import numpy as np
 
-from benchmarks.common import HYMENOPTERA, extraction_rate, head_val_accuracy, run_measured
+from benchmarks.common import HYMENOPTERA, better_same_worse, extraction_rate, head_val_accuracy, run_measured
 from features.store import FeatureFile
 
 
@@ -231,7 +231,7 @@ def section_precision_evidence(out_dir: str, quick: bool) -> list[str]:
         images = runs[0]["val_images"]
         diff = (bf - fp) * images
         lines.append(f"| {label} | {len(runs)} | {fp.mean():.4f} | {bf.mean():.4f} | {diff.mean():+.2f} | "
-                     f"{int((diff > 0.5).sum())} / {int((abs(diff) < 0.5).sum())} / {int((diff < -0.5).sum())} | "
+                     f"{better_same_worse(diff)} | "
                      f"{sum(r['disagree'] for r in runs)} of {images * len(runs)} | "
                      f"{evidence['cosine_min']:.5f} / {evidence['cosine_mean']:.5f} | "
                      f"{rates['bf16'] / rates['fp32']:.2f}x |")

@@ -44,6 +44,18 @@ def prepare_heads(out_dir: str, only: tuple[str, ...] | None = None) -> dict[str
     return found
 
 
+def fuse_finetune_auto(head: str, model: str, quick: bool):
+    """``python -m pipeline.fuse --finetune auto`` (one epoch at most when ``quick``): the measured command, the
+    ``finetune`` record of its ``model.json``, the epochs trained and their mean seconds."""
+    extra = ["--finetune-epochs", "1"] if quick else []
+    m = run_measured(["-m", "pipeline.fuse", "--head", head, "--out", model, "--finetune", "auto", *extra,
+                      "--no-onnx", "--quiet"])
+    with open(os.path.join(model, "model.json"), encoding="utf-8") as fh:
+        ft = json.load(fh)["finetune"]
+    trained = ft["history"][1:]
+    return m, ft, len(trained), sum(h["seconds"] for h in trained) / max(len(trained), 1)
+
+
 def section_finetune(out_dir: str, quick: bool) -> list[str]:
     """Diagnosis table (val accuracy by epoch per variant) and the default command's outcome per dataset.
 
@@ -97,17 +109,10 @@ def section_finetune(out_dir: str, quick: bool) -> list[str]:
               "|---|---|---|---|---|---|---|"]
     for name in DEFAULT_COMMAND_HEADS:
         head = heads[name]
-        model = os.path.join(out_dir, f"ft-model-{name}")
-        extra = ["--finetune-epochs", "1"] if quick else []
-        m = run_measured(["-m", "pipeline.fuse", "--head", head, "--out", model, "--finetune", "auto", *extra,
-                          "--no-onnx", "--quiet"])
+        m, ft, epochs, per_epoch = fuse_finetune_auto(head, os.path.join(out_dir, f"ft-model-{name}"), quick)
         commands.append(m.command)
-        with open(os.path.join(model, "model.json"), encoding="utf-8") as fh:
-            ft = json.load(fh)["finetune"]
-        run = ft["history"][1:]
-        per_epoch = sum(h["seconds"] for h in run) / max(len(run), 1)
         lines.append(f"| {name} | {ft['history'][0]['val_accuracy']:.4f} | {ft['best_val_accuracy']:.4f} | "
-                     f"{ft['best_epoch']} | {len(run)} | {per_epoch:.1f} | {m.seconds:.0f} |")
+                     f"{ft['best_epoch']} | {epochs} | {per_epoch:.1f} | {m.seconds:.0f} |")
     tutorial = run_measured(["benchmarks/tutorial_baseline.py", "finetune", "1"])
     commands.append(tutorial.command)
     tutorial_epoch = json.loads(tutorial.stdout)["epoch_seconds"][0]

@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 
 from benchmarks.bench_extract import digits_dataset, full_path
-from benchmarks.bench_finetune import SHAPES
-from benchmarks.common import HYMENOPTERA, head_val_accuracy, run_measured
+from benchmarks.bench_finetune import SHAPES, fuse_finetune_auto
+from benchmarks.common import HYMENOPTERA, better_same_worse, head_val_accuracy, run_measured
 
 SIZES = (224, 256, 288, 320)
 FUSE_SIZE = 288  # hymenoptera's best size above: its heads go through the default fuse command
@@ -72,7 +72,7 @@ def section_image_size(out_dir: str, quick: bool) -> list[str]:
             diff = (acc - base) * f["resplit_val_images"]
             lines.append(f"| {label} | {size} | {rates[size]:.1f} | {rates[sizes[0]] / rates[size]:.2f}x | "
                          f"{f['own_split']:.4f} | {acc.mean():.4f} | {diff.mean():+.2f} | "
-                         f"{int((diff > 0.5).sum())} / {int((abs(diff) < 0.5).sum())} / {int((diff < -0.5).sum())} |")
+                         f"{better_same_worse(diff)} |")
     fuse_lines, fuse_commands = _fused_at_size(out_dir, quick)
     return lines + fuse_lines + ["", "```"] + commands + fuse_commands + ["```", ""]
 
@@ -96,15 +96,9 @@ def _fused_at_size(out_dir: str, quick: bool) -> tuple[list[str], list[str]]:
             shutil.rmtree(heads[size], ignore_errors=True)
             feats = os.path.join(out_dir, f"size-hymenoptera-{size}.h5")
             commands.append(run_measured(["run_head.py", "--features", feats, *extra, "--out", heads[size]]).command)
-        model = os.path.join(out_dir, f"size-model-{name}-{FUSE_SIZE}")
-        shutil.rmtree(model, ignore_errors=True)
-        length = ["--finetune-epochs", "1"] if quick else ["--finetune", "auto"]
-        commands.append(run_measured(["-m", "pipeline.fuse", "--head", heads[FUSE_SIZE], "--out", model, *length,
-                                      "--no-onnx", "--quiet"]).command)
-        with open(os.path.join(model, "model.json"), encoding="utf-8") as fh:
-            tuned = json.load(fh)["finetune"]
-        trained = [h for h in tuned["history"] if h["epoch"] > 0]
-        per_epoch = sum(h["seconds"] for h in trained) / max(1, len(trained))
+        m, tuned, epochs, per_epoch = fuse_finetune_auto(heads[FUSE_SIZE], os.path.join(
+            out_dir, f"size-model-{name}-{FUSE_SIZE}"), quick)
+        commands.append(m.command)
         lines.append(f"| {label} | {head_val_accuracy(heads[224])[0]:.4f} | {head_val_accuracy(heads[FUSE_SIZE])[0]:.4f} | "
-                     f"{tuned['best_val_accuracy']:.4f} | {tuned['best_epoch']} | {len(trained)} | {per_epoch:.1f} |")
+                     f"{tuned['best_val_accuracy']:.4f} | {tuned['best_epoch']} | {epochs} | {per_epoch:.1f} |")
     return lines, commands

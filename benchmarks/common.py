@@ -86,3 +86,12 @@ def machine_description() -> list[str]:
         f"- CPU: {cpu}, {os.cpu_count()} cores visible ({flags or 'no bf16 flags'}), {mem_gb:.0f} GiB RAM, no GPU used",
         f"- Python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} torch threads",
     ]
+
+
+def better_same_worse(diff) -> str:
+    """``"B / S / W"``: how many paired runs gained, tied or lost, from per-run differences counted in images
+    (within half an image is a tie)."""
+    import numpy as np
+
+    diff = np.asarray(diff)
+    return f"{int((diff > 0.5).sum())} / {int((abs(diff) < 0.5).sum())} / {int((diff < -0.5).sum())}"
