@@ -269,7 +269,8 @@ def measure_feature_dim(model: nn.Module, spec: BackboneSpec, input_size: int) -
     model.eval()
     try:
         with torch.inference_mode(), capture_features(model, spec) as capture:
-            model(torch.zeros(1, 3, input_size, input_size))
+            device = next(model.parameters(), torch.empty(0)).device  # a fine-tuned model may sit on the GPU
+            model(torch.zeros(1, 3, input_size, input_size, device=device))
             return int(capture.pop().shape[1])
     finally:
         model.train(was_training)
@@ -312,7 +313,7 @@ def load_backbone(name: str, weights: str = "DEFAULT", image_size: int | None = 
         else:
             model = spec.build()
     # Measured before the weights load: a size the network cannot take is said at once, not after a download.
-    dim = None if image_size is None else _feature_dim_at_size(model, spec, image_size)
+    dim = None if image_size is None else feature_dim_at_size(model, spec, image_size)
     resolved = _resolve_and_load(spec, model, weights)
     model.eval()
     model.requires_grad_(False)
@@ -324,7 +325,14 @@ def load_backbone(name: str, weights: str = "DEFAULT", image_size: int | None = 
     return Backbone(spec, model, resolved, preprocessing, dim)
 
 
-def _feature_dim_at_size(model: nn.Module, spec: BackboneSpec, image_size: int) -> int:
+def feature_dim_at_size(model: nn.Module, spec: BackboneSpec, image_size: int) -> int:
+    """:func:`measure_feature_dim` at ``image_size``, with a size the network cannot take said in one line.
+
+    Raises
+    ------
+    BackboneError
+        The forward pass fails at this size (e.g. a kernel larger than the map left).
+    """
     try:
         return measure_feature_dim(model, spec, image_size)
     except RuntimeError as exc:  # e.g. a kernel larger than the map left at this size

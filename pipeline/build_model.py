@@ -25,6 +25,7 @@ from pipeline.finetune import FinetuneConfig, LabelledImages, finetune
 from pipeline.learning_rate import (FAMILIARITY_THRESHOLD, FAMILIAR_LR, UNFAMILIAR_LR, RateChoice, choose_lr,
                                    format_rate)
 from pipeline.fusing import fuse_head, verify_fused
+from pipeline.input_size import SizeChoice, at_size, choose_input_size
 from pipeline.rebuild import rebuild_backbone
 
 
@@ -41,6 +42,7 @@ class BuildConfig:
     precision: str = "auto"
     check_images: int = 8
     onnx: bool = True  # also export model.onnx when the onnx extra is installed
+    input_size: int | str = "auto"  # the exported model's input side; auto: chosen on the val split
 
 
 def real_batch(root: str, items: list[tuple[str, int]], preprocessing, transform, n: int) -> torch.Tensor:
@@ -163,6 +165,11 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
     finetune_info = None
     if finetuning:
         finetune_info = _finetune(cfg.finetune, backbone, splits, device, precision, out_dir, log, rate)
+    size_choice = _input_size(cfg, backbone, splits, device, log)
+    if size_choice.size != size_choice.extraction_size:
+        backbone = at_size(backbone, size_choice.size)
+        check = real_batch(splits.root, splits.val or splits.train, backbone.preprocessing,
+                           backbone.preprocessing.eval_transform(), cfg.check_images)
     backbone.model.cpu().eval()
     inference, folded = fold_batchnorm(backbone.model, (backbone.spec.classifier_slot,))
     if folded:
@@ -189,11 +196,35 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
         "head": {"clf": head.clf, "C": head.extra.get("C"), "splits": head_report.get("splits")},
         "fused_check_max_abs_diff": diff,
         "finetune": finetune_info,
+        "input_size_choice": size_choice.to_dict(),
         "batchnorm_folded": folded,
         "exports": exports,
     }
     write_sidecar(out_dir, sidecar)
     return sidecar
+
+
+def _input_size(cfg: BuildConfig, backbone, splits: FileSplits, device: torch.device, log) -> SizeChoice:
+    """The exported model's input side: the one asked for, or (``auto``) the best on the val split."""
+    own = backbone.preprocessing.crop_size
+    if cfg.input_size != "auto":
+        if cfg.input_size != own:
+            log(f"input size {cfg.input_size} px (--input-size), the features were extracted at {own} px")
+        return SizeChoice(int(cfg.input_size), own, {}, "asked")
+    if not splits.val:
+        log(f"input size {own} px, the extraction size (--input-size auto needs a val split to choose on)")
+        return SizeChoice(own, own, {}, "no val split")
+    keep_freed_memory()  # three val passes: without it, every batch's buffers are page-faulted back in
+    workers = cfg.finetune.workers if cfg.finetune else 0
+    choice = choose_input_size(backbone, splits.root, splits.val, device, workers)
+    scores = ", ".join(f"{s} px {a:.4f}" if a is not None else f"{s} px -" for s, a in choice.accuracies.items())
+    if choice.size == own:
+        log(f"input size {own} px, the extraction size (--input-size auto, val accuracy {scores})")
+    else:
+        log(f"input size {choice.size} px (--input-size auto, val accuracy {scores}): a larger input than the "
+            f"extraction's {own} px scored better on val; it costs {(choice.size / own) ** 2:.2f}x the pixels "
+            f"per image (--input-size {own} keeps the extraction size)")
+    return choice
 
 
 def _finetune(ft: FinetuneConfig, backbone, splits: FileSplits, device: torch.device, precision: str, out_dir: str,

@@ -225,9 +225,10 @@ def _logits(output) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output
 
 
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> float | None:
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, channels_last: bool = False) -> float | None:
     """Accuracy over a loader in eval mode and fp32 (as the exported model runs); restores the mode it found.
 
+    ``channels_last`` feeds the batches in that memory format (for a model converted to it).
     ``None`` when the loader holds no readable image.
     """
     was_training = model.training
@@ -238,7 +239,10 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> floa
             if batch is None:
                 continue
             x, y = batch
-            pred = _logits(model(x.to(device))).argmax(1).cpu()
+            x = x.to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            pred = _logits(model(x)).argmax(1).cpu()
             correct += int((pred == y).sum())
             total += len(y)
     model.train(was_training)
@@ -284,9 +288,15 @@ def _loaders(backbone: Backbone, root: str, train_items: list[tuple[str, int]],
     train_loader = DataLoader(LabelledImages(root, train_items, prep, prep.train_transform(crop_scale, cfg.flip)),
                               batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
                               collate_fn=_collate_readable, generator=generator, drop_last=False)
-    val_loader = DataLoader(LabelledImages(root, val_items, prep, prep.eval_transform()), batch_size=64,
-                            num_workers=cfg.workers, collate_fn=_collate_readable) if val_items else None
+    val_loader = eval_loader(root, val_items, prep, cfg.workers) if val_items else None
     return train_loader, val_loader
+
+
+def eval_loader(root: str, items: list[tuple[str, int]], preprocessing: Preprocessing, workers: int = 0,
+                batch_size: int = 64) -> DataLoader:
+    """Centre-cropped images of ``items`` in order, for :func:`evaluate`."""
+    return DataLoader(LabelledImages(root, items, preprocessing, preprocessing.eval_transform()),
+                      batch_size=batch_size, num_workers=workers, collate_fn=_collate_readable)
 
 
 def _train_epoch(model: nn.Module, loader: DataLoader, optimiser, scheduler, scaler, device: torch.device,

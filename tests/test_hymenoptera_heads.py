@@ -56,10 +56,19 @@ def test_fused_lite0_reproduces_head_val_accuracy_exactly(hymenoptera, hymenopte
     head = str(tmp_path / "head")
     report = train_head(HeadConfig(hymenoptera_lite0, head, clf="linear", init="imagenet")).report
     model = str(tmp_path / "model")
-    build_model(BuildConfig(head, model), log=lambda *_: None)
+    build_model(BuildConfig(head, model, input_size=224), log=lambda *_: None)  # the extraction size: the head's
     paths = expand_inputs([os.path.join(hymenoptera, "val")])
-    predictions, skipped = predict_images(model, paths)
-    truth = [os.path.basename(os.path.dirname(p.path)) for p in predictions]
-    accuracy = float(np.mean([p.top[0][0] == t for p, t in zip(predictions, truth)]))
-    assert not skipped and len(predictions) == 153
-    assert accuracy == report["splits"]["val"]["accuracy"]
+
+    def exported_accuracy(model_dir: str) -> float:
+        predictions, skipped = predict_images(model_dir, paths)
+        truth = [os.path.basename(os.path.dirname(p.path)) for p in predictions]
+        assert not skipped and len(predictions) == 153
+        return float(np.mean([p.top[0][0] == t for p, t in zip(predictions, truth)]))
+
+    assert exported_accuracy(model) == report["splits"]["val"]["accuracy"]
+    # --input-size auto: scored as exported at each side; at 224 that is the head itself, at the chosen side the
+    # exported model on the image files.
+    auto = str(tmp_path / "auto")
+    choice = build_model(BuildConfig(head, auto), log=lambda *_: None)["input_size_choice"]
+    assert choice["val_accuracy"]["224"] == report["splits"]["val"]["accuracy"]
+    assert exported_accuracy(auto) == choice["val_accuracy"][str(choice["size"])]

@@ -66,7 +66,7 @@ def test_onnx_matches_eager_lite0_on_hymenoptera(hymenoptera, hymenoptera_lite0,
     head = str(tmp_path / "head")
     train_head(HeadConfig(hymenoptera_lite0, head, clf="logreg", n_jobs=1))
     model_dir = str(tmp_path / "model")
-    fused = run_cli("-m pipeline.fuse", "--head", head, "--out", model_dir, "--onnx", "--quiet")
+    fused = run_cli("-m pipeline.fuse", "--head", head, "--out", model_dir, "--onnx", "--input-size", "224", "--quiet")
     assert fused.returncode == 0, fused.stderr
     assert "export onnx: model.onnx matches eager" in fused.stdout
     backbone, model = _eager_fused(head)

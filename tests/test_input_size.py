@@ -1,0 +1,102 @@
+"""The exported model's input size: candidates, the choice on val, rebuilt padding, and the fuse command."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from features.backbones import load_backbone
+from pipeline.fusing import fuse_head
+from pipeline.input_size import at_size, best_size, candidate_sizes
+from tests.conftest import make_imagefolder, one_line_error, run_cli
+from tests.test_fuse_export import _random_head
+
+
+def test_candidate_sizes_are_the_extraction_size_and_larger_multiples_of_32():
+    assert candidate_sizes(224) == [224, 256, 288]
+    assert candidate_sizes(288) == [288, 320, 384]
+    assert candidate_sizes(64) == [64, 96]
+    assert candidate_sizes(32) == [32]  # 8/7 and 9/7 of 32 round back to 32
+
+
+def test_a_larger_size_is_kept_only_when_strictly_better():
+    assert best_size({224: 0.95, 256: 0.96, 288: 0.97}, 224) == 288
+    assert best_size({224: 0.98, 256: 0.98, 288: 0.98}, 224) == 224  # a tie keeps the cheaper side
+    assert best_size({224: 0.95, 256: 0.97, 288: 0.97}, 224) == 256
+    assert best_size({224: 0.97, 256: 0.96, 288: 0.90}, 224) == 224
+    assert best_size({224: None, 256: None}, 224) == 224  # no readable image: nothing to choose on
+
+
+def test_a_network_with_fixed_padding_is_rebuilt_for_the_new_size():
+    """Lite0's TF "same" padding is fixed when built: at 240 px (odd maps deeper down) the rebuilt network, with the
+    fused head and the same weights, equals one built for 240 from the start, and differs from the 224 build."""
+    torch.manual_seed(0)
+    backbone = load_backbone("efficientnet_lite0", "DEFAULT")
+    fuse_head(backbone, _random_head(backbone.feature_dim, 3))
+    sized = at_size(backbone, 240)
+    assert sized.preprocessing.crop_size == 240 and sized.preprocessing.resize_size == round(240 * 256 / 224)
+    reference = load_backbone("efficientnet_lite0", "DEFAULT", 240)
+    fuse_head(reference, _random_head(reference.feature_dim, 3))
+    reference.model.load_state_dict(backbone.model.state_dict())  # the same head
+    x = torch.randn(2, 3, 240, 240)
+    with torch.inference_mode():
+        rebuilt, built, unsized = sized.model(x), reference.model.eval()(x), backbone.model(x)
+    torch.testing.assert_close(rebuilt, built, rtol=0, atol=0)
+    assert not torch.allclose(rebuilt, unsized)  # the 224 build pads differently at 240
+
+
+@pytest.fixture
+def sized_pipeline(tmp_path):
+    """tiny_cnn features at 64 px (its candidates: 64 and 96) and a logreg head: ``(data root, head folder)``."""
+    from features.extract import ExtractConfig, extract
+    from pipeline.train_head import HeadConfig, train_head
+
+    data = make_imagefolder(str(tmp_path / "data"), {"train": {"ants": 12, "bees": 12}, "val": {"ants": 6, "bees": 6}})
+    feats = str(tmp_path / "f.h5")
+    extract(ExtractConfig(data_root=data, out_path=feats, backbone="tiny_cnn", weights="none", precision="fp32",
+                          image_size=64, progress=False))
+    head = str(tmp_path / "head")
+    train_head(HeadConfig(feats, head, clf="logreg", n_jobs=1))
+    return data, head
+
+
+def _val_accuracy(model_dir: str, data: str) -> float:
+    from pipeline.predict import expand_inputs, predict_images
+
+    predictions, skipped = predict_images(model_dir, expand_inputs([os.path.join(data, "val")]))
+    assert not skipped
+    return float(np.mean([p.top[0][0] == os.path.basename(os.path.dirname(p.path)) for p in predictions]))
+
+
+def test_fuse_chooses_the_input_size_on_val_and_the_exports_use_it(sized_pipeline, tmp_path):
+    data, head = sized_pipeline
+    out = str(tmp_path / "auto")
+    r = run_cli("-m pipeline.fuse", "--head", head, "--out", out, "--no-onnx", "--quiet")
+    assert r.returncode == 0, r.stderr
+    meta = json.load(open(os.path.join(out, "model.json")))
+    choice = meta["input_size_choice"]
+    scored = {int(s): a for s, a in choice["val_accuracy"].items()}
+    assert sorted(scored) == [64, 96] and choice["rule"] == "auto" and choice["extraction_size"] == 64
+    assert choice["size"] == best_size(scored, 64) == meta["input_size"] == meta["preprocessing"]["crop_size"]
+    assert f"input size {choice['size']} px" in r.stdout and "--input-size auto" in r.stdout
+    # The exported model, on the image files, scores what the choice measured at its size.
+    assert _val_accuracy(out, data) == pytest.approx(scored[choice["size"]])
+
+
+def test_fuse_input_size_asked_for_and_refused(sized_pipeline, tmp_path):
+    data, head = sized_pipeline
+    out = str(tmp_path / "asked")
+    r = run_cli("-m pipeline.fuse", "--head", head, "--out", out, "--input-size", "96", "--no-onnx", "--quiet")
+    assert r.returncode == 0, r.stderr
+    meta = json.load(open(os.path.join(out, "model.json")))
+    assert meta["input_size"] == 96 and meta["preprocessing"]["resize_size"] == 108  # tiny_cnn's 36/32 ratio
+    assert meta["input_size_choice"] == {"size": 96, "extraction_size": 64, "rule": "asked", "val_accuracy": {}}
+    assert "input size 96 px (--input-size), the features were extracted at 64 px" in r.stdout
+    image = os.path.join(data, "val", "ants", "img_000.jpg")
+    assert run_cli("-m pipeline.predict", "--model", out, image).returncode == 0
+    for bad, said in (("20", "below 32 px"), ("big", "neither 'auto' nor a whole number")):
+        r = run_cli("-m pipeline.fuse", "--head", head, "--out", str(tmp_path / bad), "--input-size", bad)
+        assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr
+        assert not os.path.exists(tmp_path / bad)
