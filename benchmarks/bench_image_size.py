@@ -16,7 +16,7 @@ SIZES = (224, 256, 288, 320)
 FUSE_SIZE = 288  # hymenoptera's best size above: its heads go through the default fuse command
 
 
-def _shapes(out_dir: str) -> tuple[str, list[str]]:
+def shapes_dataset(out_dir: str) -> tuple[str, list[str]]:
     """Section 21's generated shapes (600 train, 300 val at 96 px), written afresh into this section's own folder
     (section 21's quick runs leave a smaller set in theirs); the root and the command."""
     name, train_per_class, val_per_class = SHAPES
@@ -43,7 +43,7 @@ def section_image_size(out_dir: str, quick: bool) -> list[str]:
     """
     sizes = (224, 288) if quick else SIZES
     seeds = 2 if quick else 10
-    shapes_root, commands = _shapes(out_dir)
+    shapes_root, commands = shapes_dataset(out_dir)
     datasets = [("hymenoptera", HYMENOPTERA), ("digits demo", digits_dataset(out_dir)), ("shapes", shapes_root)]
     lines = ["## 22. Input size for frozen features: accuracy against time (efficientnet_lite0, logreg)", "",
              "Each dataset is extracted at each `--image-size` (the crop side; the resize keeps the 256/224 ratio) "

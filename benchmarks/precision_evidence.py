@@ -25,14 +25,19 @@ def read_rows(path: str) -> dict[str, SplitData]:
         return {split: f.read_split(split) for split in f.splits}
 
 
-def fit_score(train: SplitData, val_x: np.ndarray, val_y: np.ndarray, seed: int) -> tuple[float, np.ndarray, float]:
-    """A logreg head with C chosen by 5-fold CV on ``train``: val accuracy, val predictions, C."""
+def fit_head(train: SplitData, seed: int):
+    """A logreg head with C chosen by 5-fold CV on ``train``, fitted on it: the estimator and C."""
     clean = train.view == 0
     estimator = make_estimator("logreg", 1.0, None, seed)
     chosen = choose_C(estimator, train.features, train.labels, train.image_index, clean, 5, seed, 1)
-    model = estimator.set_params(clf__C=chosen.C).fit(train.features, train.labels)
+    return estimator.set_params(clf__C=chosen.C).fit(train.features, train.labels), chosen.C
+
+
+def fit_score(train: SplitData, val_x: np.ndarray, val_y: np.ndarray, seed: int) -> tuple[float, np.ndarray, float]:
+    """A logreg head with C chosen by 5-fold CV on ``train``: val accuracy, val predictions, C."""
+    model, C = fit_head(train, seed)
     predicted = model.predict(val_x)
-    return float(np.mean(predicted == val_y)), predicted, chosen.C
+    return float(np.mean(predicted == val_y)), predicted, C
 
 
 def resplit(rows: dict[str, SplitData], seed: int) -> tuple[SplitData, np.ndarray, np.ndarray]:

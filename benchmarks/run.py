@@ -5,7 +5,7 @@
 ``--sections audit,phone`` runs only the named sections (``extraction``, ``time``, ``heads``,
 ``memory``, ``precision``, ``scale``, ``audit``, ``phone``, ``onnx``, ``fold``, ``finetune``, ``sweep``,
 ``startup``, ``decode``, ``bf16``, ``compile``, ``rates``, ``rangetest``, ``smallsource``, ``cpuprecision``,
-``raterule``, ``imagesize``; ``precision`` needs ``extraction``)
+``raterule``, ``imagesize``, ``inputsize``; ``precision`` needs ``extraction``)
 and replaces them in the existing file, each marked with its own command, date and machine.
 """
 
@@ -26,6 +26,7 @@ from benchmarks.bench_finetune import (section_finetune, section_finetune_rates,
 from benchmarks.bench_extract import section_extraction, section_memory, section_precision, section_precision_evidence
 from benchmarks.bench_fold import section_fold
 from benchmarks.bench_image_size import section_image_size
+from benchmarks.bench_input_size import section_input_size
 from benchmarks.bench_onnx import section_onnx
 from benchmarks.bench_phone import section_phone
 from benchmarks.bench_pipeline import section_head_scaling, section_time_to_accuracy
@@ -75,7 +76,8 @@ def main() -> None:
              ("smallsource", "fine-tuning small sources", section_small_source, (args.work, args.quick)),
              ("cpuprecision", "precision on this CPU", section_cpu_precision, (args.work, args.quick)),
              ("raterule", "choosing the body rate", section_rate_rule, (args.work, args.quick)),
-             ("imagesize", "input size", section_image_size, (args.work, args.quick))]
+             ("imagesize", "input size", section_image_size, (args.work, args.quick)),
+             ("inputsize", "exported input size", section_input_size, (args.work, args.quick))]
     known = {key for key, *_ in steps} | {"extraction", "precision"}
     if wanted is not None and not wanted <= known:
         raise SystemExit(f"error: unknown sections {', '.join(sorted(wanted - known))} (known: {', '.join(sorted(known))})")

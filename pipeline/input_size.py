@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 from dataclasses import dataclass
 
 import torch
@@ -33,10 +34,11 @@ class SizeChoice:
     extraction_size: int
     accuracies: dict[int, float | None]
     rule: str = "auto"  # "auto": the best on val; "asked": --input-size N; "no val split": the extraction size
+    seconds: float = 0.0  # spent scoring the sides
 
     def to_dict(self) -> dict:
         return {"size": self.size, "extraction_size": self.extraction_size, "rule": self.rule,
-                "val_accuracy": {str(s): a for s, a in self.accuracies.items()}}
+                "val_accuracy": {str(s): a for s, a in self.accuracies.items()}, "seconds": round(self.seconds, 1)}
 
 
 def candidate_sizes(crop_size: int) -> list[int]:
@@ -100,6 +102,7 @@ def choose_input_size(backbone: Backbone, root: str, val_items: list[tuple[str, 
     -------
     SizeChoice
     """
+    started = time.perf_counter()
     own = backbone.preprocessing.crop_size
     accuracies: dict[int, float | None] = {}
     for size in candidate_sizes(own):
@@ -108,7 +111,7 @@ def choose_input_size(backbone: Backbone, root: str, val_items: list[tuple[str, 
         model, _ = fold_batchnorm(sized.model.to(device), (backbone.spec.classifier_slot,))
         loader = eval_loader(root, val_items, sized.preprocessing, workers, batch_size=32)
         accuracies[size] = evaluate(model.to(memory_format=torch.channels_last), loader, device, channels_last=True)
-    return SizeChoice(best_size(accuracies, own), own, accuracies)
+    return SizeChoice(best_size(accuracies, own), own, accuracies, seconds=time.perf_counter() - started)
 
 
 def best_size(accuracies: dict[int, float | None], own: int) -> int:

@@ -92,7 +92,8 @@ def test_fuse_input_size_asked_for_and_refused(sized_pipeline, tmp_path):
     assert r.returncode == 0, r.stderr
     meta = json.load(open(os.path.join(out, "model.json")))
     assert meta["input_size"] == 96 and meta["preprocessing"]["resize_size"] == 108  # tiny_cnn's 36/32 ratio
-    assert meta["input_size_choice"] == {"size": 96, "extraction_size": 64, "rule": "asked", "val_accuracy": {}}
+    assert meta["input_size_choice"] == {"size": 96, "extraction_size": 64, "rule": "asked", "val_accuracy": {},
+                                         "seconds": 0.0}
     assert "input size 96 px (--input-size), the features were extracted at 64 px" in r.stdout
     image = os.path.join(data, "val", "ants", "img_000.jpg")
     assert run_cli("-m pipeline.predict", "--model", out, image).returncode == 0
