@@ -7,13 +7,16 @@ import itertools
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from features.backbones import Backbone
 from features.data import DatasetError
 from features.devices import keep_freed_memory, resolve_device, resolve_precision
 from features.folding import fold_batchnorm
+from features.preprocessing import Preprocessing
 from features.store import FeatureFile, FeatureFileError
 from pipeline.affine import check_identity, load_affine
 from pipeline.artefacts import staged_folder
@@ -25,7 +28,7 @@ from pipeline.finetune import FinetuneConfig, LabelledImages, finetune
 from pipeline.learning_rate import (FAMILIARITY_THRESHOLD, FAMILIAR_LR, UNFAMILIAR_LR, RateChoice, choose_lr,
                                    format_rate)
 from pipeline.fusing import fuse_head, verify_fused
-from pipeline.input_size import SizeChoice, at_size, choose_input_size
+from pipeline.input_size import SizeChoice, at_size, choose_input_size, model_at_size
 from pipeline.rebuild import rebuild_backbone
 
 
@@ -144,8 +147,9 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
     head = load_affine(cfg.head_dir)
     backbone = rebuild_backbone(head.feature_identity)
     splits = file_splits(cfg, head)
-    eval_tf = backbone.preprocessing.eval_transform()
-    check = real_batch(splits.root, splits.val or splits.train, backbone.preprocessing, eval_tf, cfg.check_images)
+    check = _check_batch(splits, backbone.preprocessing, cfg.check_images)
+    if cfg.input_size != "auto":
+        model_at_size(backbone, cfg.input_size)  # a side the network cannot take is refused before any work
 
     finetuning = bool(cfg.finetune and cfg.finetune.epochs > 0)
     if finetuning and not splits.train:
@@ -168,8 +172,7 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
     size_choice = _input_size(cfg, backbone, splits, device, log)
     if size_choice.size != size_choice.extraction_size:
         backbone = at_size(backbone, size_choice.size)
-        check = real_batch(splits.root, splits.val or splits.train, backbone.preprocessing,
-                           backbone.preprocessing.eval_transform(), cfg.check_images)
+        check = _check_batch(splits, backbone.preprocessing, cfg.check_images)
     backbone.model.cpu().eval()
     inference, folded = fold_batchnorm(backbone.model, (backbone.spec.classifier_slot,))
     if folded:
@@ -204,7 +207,13 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
     return sidecar
 
 
-def _input_size(cfg: BuildConfig, backbone, splits: FileSplits, device: torch.device, log) -> SizeChoice:
+def _check_batch(splits: FileSplits, preprocessing: Preprocessing, n: int) -> torch.Tensor:
+    """The real images every equality check runs on: the first ``n`` readable val (else train) images."""
+    return real_batch(splits.root, splits.val or splits.train, preprocessing, preprocessing.eval_transform(), n)
+
+
+def _input_size(cfg: BuildConfig, backbone: Backbone, splits: FileSplits, device: torch.device,
+                log: Callable[[str], object]) -> SizeChoice:
     """The exported model's input side: the one asked for, or (``auto``) the best on the val split."""
     own = backbone.preprocessing.crop_size
     if cfg.input_size != "auto":

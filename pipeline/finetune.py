@@ -228,8 +228,19 @@ def _logits(output) -> torch.Tensor:
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, channels_last: bool = False) -> float | None:
     """Accuracy over a loader in eval mode and fp32 (as the exported model runs); restores the mode it found.
 
-    ``channels_last`` feeds the batches in that memory format (for a model converted to it).
-    ``None`` when the loader holds no readable image.
+    Parameters
+    ----------
+    model : nn.Module
+    loader : DataLoader
+        Batches of ``(images, labels)``, ``None`` for a batch with no readable image.
+    device : torch.device
+    channels_last : bool
+        Feed the batches in that memory format (for a model converted to it).
+
+    Returns
+    -------
+    float or None
+        ``None`` when the loader holds no readable image.
     """
     was_training = model.training
     model.eval()
@@ -294,7 +305,24 @@ def _loaders(backbone: Backbone, root: str, train_items: list[tuple[str, int]],
 
 def eval_loader(root: str, items: list[tuple[str, int]], preprocessing: Preprocessing, workers: int = 0,
                 batch_size: int = 64) -> DataLoader:
-    """Centre-cropped images of ``items`` in order, for :func:`evaluate`."""
+    """Centre-cropped images of ``items`` in order, for :func:`evaluate`.
+
+    Parameters
+    ----------
+    root : str
+        Image root the paths are relative to.
+    items : list of (str, int)
+        ``(path, label)`` pairs.
+    preprocessing : Preprocessing
+        Decoding, resize and crop (:meth:`~features.preprocessing.Preprocessing.eval_transform`).
+    workers : int
+        DataLoader decode workers.
+    batch_size : int
+
+    Returns
+    -------
+    DataLoader
+    """
     return DataLoader(LabelledImages(root, items, preprocessing, preprocessing.eval_transform()),
                       batch_size=batch_size, num_workers=workers, collate_fn=_collate_readable)
 

@@ -9,9 +9,12 @@ generated digits it collapses. So the size is measured on the val split, never a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -37,22 +40,44 @@ class SizeChoice:
     seconds: float = 0.0  # spent scoring the sides
 
     def to_dict(self) -> dict:
+        """What ``model.json`` records as ``input_size_choice``."""
         return {"size": self.size, "extraction_size": self.extraction_size, "rule": self.rule,
                 "val_accuracy": {str(s): a for s, a in self.accuracies.items()}, "seconds": round(self.seconds, 1)}
 
 
 def candidate_sizes(crop_size: int) -> list[int]:
-    """``crop_size`` and the multiples of 32 nearest 8/7 and 9/7 of it, ascending, without repeats."""
-    larger = {SIZE_STEP * round(crop_size * f / SIZE_STEP) for f in SIZE_FACTORS}
+    """The sides to score: the extraction size, then larger ones.
+
+    Parameters
+    ----------
+    crop_size : int
+        The side the features were extracted at.
+
+    Returns
+    -------
+    list of int
+        ``crop_size``, then the multiples of 32 nearest 8/7 and 9/7 of it (halves round
+        up) that are larger, ascending, without repeats.
+    """
+    larger = {SIZE_STEP * math.floor(crop_size * f / SIZE_STEP + 0.5) for f in SIZE_FACTORS}
     return [crop_size] + sorted(s for s in larger if s > crop_size)
 
 
 def model_at_size(backbone: Backbone, size: int) -> nn.Module:
     """``backbone.model`` (fused, perhaps fine-tuned) for square inputs of side ``size``.
 
-    The same module where the network takes every size; for networks whose padding is
-    fixed when built (TF "same" padding), the architecture built for ``size`` with the
-    same classifier slot and the same weights.
+    Parameters
+    ----------
+    backbone : Backbone
+    size : int
+        Input side in pixels.
+
+    Returns
+    -------
+    nn.Module
+        The same module where the network takes every size; for networks whose padding is
+        fixed when built (TF "same" padding), the architecture built for ``size`` with the
+        same classifier slot and the same weights, on the same device, in eval mode.
 
     Raises
     ------
@@ -68,11 +93,29 @@ def model_at_size(backbone: Backbone, size: int) -> nn.Module:
     model.set_submodule(spec.classifier_slot, copy.deepcopy(backbone.model.get_submodule(spec.classifier_slot)))
     model.load_state_dict(backbone.model.state_dict())
     model.requires_grad_(False)
-    return model.eval()
+    return model.to(next(backbone.model.parameters()).device).eval()
 
 
 def at_size(backbone: Backbone, size: int) -> Backbone:
-    """``backbone`` with its model and preprocessing for inputs of side ``size`` (itself at its own size)."""
+    """``backbone`` with its model and preprocessing for inputs of side ``size``.
+
+    Parameters
+    ----------
+    backbone : Backbone
+    size : int
+        Input side in pixels.
+
+    Returns
+    -------
+    Backbone
+        ``backbone`` itself at its own size; otherwise a copy holding :func:`model_at_size`
+        and the preprocessing at that crop size (the resize keeps its ratio to the crop).
+
+    Raises
+    ------
+    features.backbones.BackboneError
+        The network cannot take inputs of that side.
+    """
     if size == backbone.preprocessing.crop_size:
         return backbone
     return dataclasses.replace(backbone, model=model_at_size(backbone, size),
@@ -107,11 +150,26 @@ def choose_input_size(backbone: Backbone, root: str, val_items: list[tuple[str, 
     accuracies: dict[int, float | None] = {}
     for size in candidate_sizes(own):
         sized = at_size(backbone, size)
-        # Scored as exported: BatchNorm folded, channels-last (a third faster here than as trained).
-        model, _ = fold_batchnorm(sized.model.to(device), (backbone.spec.classifier_slot,))
+        # Scored as exported: BatchNorm folded, fp32 (no TF32 on CUDA); channels-last is a third faster here.
+        model, folded = fold_batchnorm(sized.model.to(device), (backbone.spec.classifier_slot,))
+        if not folded:  # the same module came back: convert a copy, never the caller's model
+            model = copy.deepcopy(model)
         loader = eval_loader(root, val_items, sized.preprocessing, workers, batch_size=32)
-        accuracies[size] = evaluate(model.to(memory_format=torch.channels_last), loader, device, channels_last=True)
+        with _full_fp32():
+            accuracies[size] = evaluate(model.to(memory_format=torch.channels_last), loader, device,
+                                        channels_last=True)
     return SizeChoice(best_size(accuracies, own), own, accuracies, seconds=time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def _full_fp32() -> Iterator[None]:
+    """CUDA convolutions and matmuls without TF32 inside (the export is checked in fp32 on the CPU)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def best_size(accuracies: dict[int, float | None], own: int) -> int:
@@ -123,6 +181,10 @@ def best_size(accuracies: dict[int, float | None], own: int) -> int:
         Val accuracy per side (None: no readable image).
     own : int
         The extraction size, kept unless a side scores strictly better.
+
+    Returns
+    -------
+    int
     """
     best = own
     for size in sorted(accuracies):  # ascending: a later side must beat the best so far

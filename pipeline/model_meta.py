@@ -105,10 +105,13 @@ def read_model_meta(model_dir: str) -> dict:
     if meta["input_size"] <= 0:
         raise ModelDirError(f"damaged model folder: {path}: 'input_size' is {meta['input_size']}")
     try:
-        Preprocessing.from_dict(meta["preprocessing"])
+        crop_size = Preprocessing.from_dict(meta["preprocessing"]).crop_size
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelDirError(f"damaged model folder: {path}: 'preprocessing' is unusable "
                             f"({type(exc).__name__}: {exc})") from None
+    if crop_size != meta["input_size"]:  # prediction crops by the preprocessing record: the two must agree
+        raise ModelDirError(f"damaged model folder: {path}: 'input_size' is {meta['input_size']} but the "
+                            f"preprocessing crops {crop_size} px")
     _check_exports(path, meta["exports"])
     return meta
 

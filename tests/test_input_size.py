@@ -10,7 +10,7 @@ import torch
 from features.backbones import load_backbone
 from pipeline.fusing import fuse_head
 from pipeline.input_size import at_size, best_size, candidate_sizes
-from tests.conftest import make_imagefolder, one_line_error, run_cli
+from tests.conftest import make_imagefolder, run_cli
 from tests.test_fuse_export import _random_head
 
 
@@ -19,6 +19,7 @@ def test_candidate_sizes_are_the_extraction_size_and_larger_multiples_of_32():
     assert candidate_sizes(288) == [288, 320, 384]
     assert candidate_sizes(64) == [64, 96]
     assert candidate_sizes(32) == [32]  # 8/7 and 9/7 of 32 round back to 32
+    assert candidate_sizes(112) == [112, 128, 160]  # 9/7 of 112 is 144, halfway: halves round up
 
 
 def test_a_larger_size_is_kept_only_when_strictly_better():
@@ -101,3 +102,21 @@ def test_fuse_input_size_asked_for_and_refused(sized_pipeline, tmp_path):
         r = run_cli("-m pipeline.fuse", "--head", head, "--out", str(tmp_path / bad), "--input-size", bad)
         assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr
         assert not os.path.exists(tmp_path / bad)
+
+
+def test_without_a_val_split_the_extraction_size_is_kept(tmp_path):
+    from features.extract import ExtractConfig, extract
+    from pipeline.train_head import HeadConfig, train_head
+
+    data = make_imagefolder(str(tmp_path / "data"), {"": {"ants": 8, "bees": 8}})  # one split, no val
+    feats = str(tmp_path / "f.h5")
+    extract(ExtractConfig(data_root=data, out_path=feats, backbone="tiny_cnn", weights="none", precision="fp32",
+                          image_size=64, progress=False))
+    head = str(tmp_path / "head")
+    train_head(HeadConfig(feats, head, clf="logreg", n_jobs=1))
+    out = str(tmp_path / "model")
+    r = run_cli("-m pipeline.fuse", "--head", head, "--out", out, "--no-onnx", "--quiet")
+    assert r.returncode == 0, r.stderr
+    meta = json.load(open(os.path.join(out, "model.json")))
+    assert meta["input_size"] == 64 and meta["input_size_choice"]["rule"] == "no val split"
+    assert "input size 64 px, the extraction size (--input-size auto needs a val split to choose on)" in r.stdout

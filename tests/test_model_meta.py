@@ -40,12 +40,13 @@ def test_a_fused_folder_reads_back(tiny_model):
     (lambda m: m.update(classes=["ants", "ants"]), ["names a class twice"]),
     (lambda m: m.update(classes=[]), ["non-empty list of names"]),
     (lambda m: m["preprocessing"].pop("crop_size"), ["'preprocessing' is unusable"]),
+    (lambda m: m.update(input_size=m["input_size"] * 2), ["'input_size' is 64 but the preprocessing crops 32 px"]),
     (lambda m: m["exports"].pop("torch.export"), ["'exports' has no 'torch.export'"]),
     (lambda m: m["exports"]["torch.export"].update(file="../model.pt2"), ["expected a file name inside the folder"]),
     (lambda m: m["exports"]["torchscript"].pop("sha256"), ["export 'torchscript' has no SHA-256 of model.ts"]),
     (lambda m: m["exports"]["torch.export"].update(skipped="no"), ["must name either a file or why"]),
 ], ids=["newer-version", "version-string", "version-bool", "other-format", "missing-key", "wrong-type",
-        "finetune-list", "duplicate-class", "no-class", "bad-preprocessing", "missing-export", "path-outside",
+        "finetune-list", "duplicate-class", "no-class", "bad-preprocessing", "size-mismatch", "missing-export", "path-outside",
         "missing-sha256", "file-and-skipped"])
 def test_reader_refuses_what_it_cannot_use(tiny_model, tmp_path, edit, needles):
     _, _, model_dir = tiny_model
