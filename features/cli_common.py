@@ -70,6 +70,15 @@ def exit_codes(user_errors: tuple[type[Exception], ...], interrupted: str) -> It
 Decorator = Callable[[Callable], Callable]
 
 
+def _auto_or(value: str, parse: Callable[[str], float | int], kind: str) -> str | float | int:
+    if value == "auto":
+        return value
+    try:
+        return parse(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor {kind}") from None
+
+
 def auto_or_positive(_ctx: click.Context, param: click.Parameter, value: str) -> str | float:
     """click callback for options that take ``auto`` or a positive number (``--C``, ``--lr``).
 
@@ -77,15 +86,23 @@ def auto_or_positive(_ctx: click.Context, param: click.Parameter, value: str) ->
     ------
     click.BadParameter
     """
-    if value == "auto":
-        return value
-    try:
-        number = float(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is neither 'auto' nor a number") from None
-    if not number > 0:  # also refuses nan
+    number = _auto_or(value, float, "a number")
+    if number != "auto" and not number > 0:  # also refuses nan
         raise click.BadParameter(f"{param.name} must be positive")
     return number
+
+
+def auto_or_input_size(_ctx: click.Context, _param: click.Parameter, value: str) -> str | int:
+    """click callback for ``--input-size``: ``auto``, or a whole number of pixels no smaller than 32.
+
+    Raises
+    ------
+    click.BadParameter
+    """
+    side = _auto_or(value, int, "a whole number of pixels")
+    if side != "auto" and side < 32:  # features.backbones.MIN_IMAGE_SIZE (that module loads torch)
+        raise click.BadParameter(f"{side} is below 32 px")
+    return side
 
 
 def device_option() -> Decorator:

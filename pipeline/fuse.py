@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import click
 
-from features.backbones import MIN_IMAGE_SIZE
-from features.cli_common import (CONTEXT_SETTINGS, auto_or_positive, batch_size_option, device_option, exit_codes, fail,
-                                 precision_option, quiet_option, seed_option, workers_option)
+from features.cli_common import (CONTEXT_SETTINGS, auto_or_input_size, auto_or_positive, batch_size_option,
+                                 device_option, exit_codes, fail, precision_option, quiet_option, seed_option,
+                                 workers_option)
 from pipeline.build_model import BuildConfig, build_model
 from pipeline.export import ONNX_PACKAGES, onnx_available
 from pipeline.filenames import MODEL_META
@@ -38,24 +38,6 @@ def parse_crop_scale(text: str) -> tuple[float, float] | None:
     if not 0 < lo <= hi <= 1:
         raise click.BadParameter(f"{text!r} needs 0 < LO <= HI <= 1", param_hint="--crop-scale")
     return lo, hi
-
-
-def auto_or_input_size(_ctx: click.Context, _param: click.Parameter, value: str) -> str | int:
-    """``auto``, or a whole number of pixels no smaller than 32.
-
-    Raises
-    ------
-    click.BadParameter
-    """
-    if value == "auto":
-        return value
-    try:
-        side = int(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is neither 'auto' nor a whole number of pixels") from None
-    if side < MIN_IMAGE_SIZE:
-        raise click.BadParameter(f"{side} is below {MIN_IMAGE_SIZE} px")
-    return side
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)

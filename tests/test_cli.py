@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from tests.conftest import blobs, make_imagefolder, run_cli, write_feature_file
 
@@ -91,3 +92,10 @@ def test_image_size_through_the_commands(tmp_path):
     again = run_cli("run_extract.py", *common, "--out", feats)
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
     assert "image size: 32 px asked, 64 px in the file" in again.stderr
+
+
+@pytest.mark.parametrize("value, said", [("-1", "must be positive"), ("nan", "must be positive"),
+                                         ("big", "neither 'auto' nor a number")])
+def test_auto_or_number_options_refuse_bad_values(tmp_path, value, said):
+    r = run_cli("run_head.py", "--features", str(tmp_path / "f.h5"), "--C", value)
+    assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr
