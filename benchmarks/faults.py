@@ -16,8 +16,9 @@ Kinds of fault:
 After each writer fault the test reruns the same command without the fault. Outcomes:
 ``resumed identical`` (the file equals an uninterrupted run row for row),
 ``refused cleanly`` (exit 2 with a one-line ``error:``), ``read identical`` (a reader
-found the damage harmless: checksums and rows match), or a failure: a traceback, a
-corrupt file marked complete, or rows that differ.
+found the damage harmless: checksums and rows match; for ``predict``, which reads one
+split, its predictions equal the original file's), or a failure: a traceback, a corrupt
+file marked complete, or rows or predictions that differ.
 """
 
 from __future__ import annotations
@@ -210,23 +211,34 @@ def damaged_copy(reference: str, kind: str, work: str, rng: random.Random) -> tu
 def reader_fault(kind: str, reader: str, reference: str, head: str, work: str, rng: random.Random) -> Outcome:
     """Give a damaged copy to one reader: it must refuse it in one line, or read exactly the original."""
     path, where = damaged_copy(reference, kind, work, rng)
-    command = {
-        "verify": _python(os.path.join(REPO, "run_extract.py"), "verify", path),
-        "head": _python(os.path.join(REPO, "run_head.py"), "--features", path, "--C", "1", "--out",
-                        os.path.join(work, f"head-{rng.randrange(10**9)}")),
-        "predict": _python(os.path.join(REPO, "run_head.py"), "predict", "--head", head, "--features", path,
-                           "--split", "train"),
-    }[reader]
+    command = _reader_command(reader, path, head, work, rng)
     r = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
     label = f"{kind} -> {reader}"
     if "Traceback" in r.stderr or r.returncode < 0:
         return Outcome(label, f"FAILED: exit {r.returncode}, traceback or crash", where + ": " + r.stderr[-400:])
     if r.returncode == 2 and _clean_error(r.stderr):
         return Outcome(label, "refused cleanly", where)
+    if r.returncode == 0 and reader == "predict":
+        # It reads one split: damage elsewhere in the file is never read, so its output must be the original's.
+        original = subprocess.run(_reader_command(reader, reference, head, work, rng), env=ENV, capture_output=True,
+                                  text=True, timeout=600, check=True)
+        same = r.stdout == original.stdout
+        return Outcome(label, "read identical" if same else "FAILED: damage read as data: predictions differ", where)
     if r.returncode == 0:
         why = same_rows(path, reference)
         return Outcome(label, "FAILED: damage read as data: " + why if why else "read identical", where)
     return Outcome(label, f"FAILED: exit {r.returncode}", where + ": " + r.stderr[-400:])
+
+
+def _reader_command(reader: str, path: str, head: str, work: str, rng: random.Random) -> list[str]:
+    """The command with which ``reader`` reads the feature file ``path``."""
+    return {
+        "verify": _python(os.path.join(REPO, "run_extract.py"), "verify", path),
+        "head": _python(os.path.join(REPO, "run_head.py"), "--features", path, "--C", "1", "--out",
+                        os.path.join(work, f"head-{rng.randrange(10**9)}")),
+        "predict": _python(os.path.join(REPO, "run_head.py"), "predict", "--head", head, "--features", path,
+                           "--split", "train"),
+    }[reader]
 
 
 def run_campaign(n_faults: int, seed: int, work: str, log=print) -> list[Outcome]:
@@ -274,7 +286,8 @@ def report(outcomes: list[Outcome], seconds: float, command: str) -> list[str]:
               "uninterrupted run;",
               "- *finished before the fault*: the run was already done when the fault came (the file is still checked);",
               "- *refused cleanly*: exit 2 with one `error:` line (a damaged file, or the second of two writers);",
-              "- *read identical*: the damage fell where nothing is read (the file's checksums and rows still match)."]
+              "- *read identical*: the damage fell where nothing is read (the file's checksums and rows still match; "
+              "`predict` reads one split, and its predictions equal the original file's)."]
     if failed:
         lines += ["", "## Failures", ""] + [f"- {o.kind}: {o.result} ({o.detail})" for o in failed]
     return lines
