@@ -44,16 +44,22 @@ def prepare_heads(out_dir: str, only: tuple[str, ...] | None = None) -> dict[str
     return found
 
 
+def fuse_measured(head: str, model: str, options: list[str]):
+    """``python -m pipeline.fuse --head HEAD --out MODEL OPTIONS --no-onnx``: the measured command, its
+    ``model.json``, the epochs trained and their mean seconds."""
+    m = run_measured(["-m", "pipeline.fuse", "--head", head, "--out", model, *options, "--no-onnx", "--quiet"])
+    with open(os.path.join(model, "model.json"), encoding="utf-8") as fh:
+        meta = json.load(fh)
+    trained = meta["finetune"]["history"][1:] if meta["finetune"] else []
+    return m, meta, len(trained), sum(h["seconds"] for h in trained) / max(len(trained), 1)
+
+
 def fuse_finetune_auto(head: str, model: str, quick: bool):
     """``python -m pipeline.fuse --finetune auto`` (one epoch at most when ``quick``): the measured command, the
     ``finetune`` record of its ``model.json``, the epochs trained and their mean seconds."""
-    extra = ["--finetune-epochs", "1"] if quick else []
-    m = run_measured(["-m", "pipeline.fuse", "--head", head, "--out", model, "--finetune", "auto", *extra,
-                      "--no-onnx", "--quiet"])
-    with open(os.path.join(model, "model.json"), encoding="utf-8") as fh:
-        ft = json.load(fh)["finetune"]
-    trained = ft["history"][1:]
-    return m, ft, len(trained), sum(h["seconds"] for h in trained) / max(len(trained), 1)
+    m, meta, epochs, per_epoch = fuse_measured(head, model, ["--finetune", "auto"] + (
+        ["--finetune-epochs", "1"] if quick else []))
+    return m, meta["finetune"], epochs, per_epoch
 
 
 def section_finetune(out_dir: str, quick: bool) -> list[str]:

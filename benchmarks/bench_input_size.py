@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 
 from benchmarks.bench_extract import digits_dataset, full_path
+from benchmarks.bench_finetune import fuse_measured
 from benchmarks.bench_image_size import shapes_dataset
 from benchmarks.common import HYMENOPTERA, better_same_worse, head_val_accuracy, run_measured
 from pipeline.input_size import candidate_sizes
@@ -91,16 +92,12 @@ def _fuse_choices(out_dir: str, features: dict[str, str], quick: bool) -> tuple[
         shutil.rmtree(head, ignore_errors=True)
         commands.append(run_measured(["run_head.py", "--features", features[label], *head_args, "--out", head]).command)
         options = ["--finetune-epochs", "1"] if quick else fuse_args
-        m = run_measured(["-m", "pipeline.fuse", "--head", head, "--out", model, *options, "--no-onnx", "--quiet"])
+        m, meta, epochs, per_epoch = fuse_measured(head, model, options)
         commands.append(m.command)
-        with open(os.path.join(model, "model.json"), encoding="utf-8") as fh:
-            meta = json.load(fh)
         ft, choice = meta["finetune"], meta["input_size_choice"]
-        trained = ft["history"][1:]
-        per_epoch = sum(h["seconds"] for h in trained) / max(len(trained), 1)
         scored = " / ".join(f"{choice['val_accuracy'][str(s)]:.4f}" for s in SIZES)
         lines.append(f"| {label} | {head_label} | `{' '.join(options)}` | {head_val_accuracy(head)[0]:.4f} | "
                      f"{ft['best_epoch']} | {scored} | {choice['size']} | "
-                     f"{choice['val_accuracy'][str(choice['size'])]:.4f} | {len(trained)} | {per_epoch:.1f} | "
+                     f"{choice['val_accuracy'][str(choice['size'])]:.4f} | {epochs} | {per_epoch:.1f} | "
                      f"{choice['seconds']:.1f} |")
     return lines, commands

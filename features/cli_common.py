@@ -68,6 +68,7 @@ def exit_codes(user_errors: tuple[type[Exception], ...], interrupted: str) -> It
 # ---------------------------------------------------------------------------- shared options
 
 Decorator = Callable[[Callable], Callable]
+MIN_SIDE = 32  # features.backbones.MIN_IMAGE_SIZE, not imported here (that module loads torch); a test ties them
 
 
 def _auto_or(value: str, parse: Callable[[str], float | int], kind: str) -> str | float | int:
@@ -100,8 +101,8 @@ def auto_or_input_size(_ctx: click.Context, _param: click.Parameter, value: str)
     click.BadParameter
     """
     side = _auto_or(value, int, "a whole number of pixels")
-    if side != "auto" and side < 32:  # features.backbones.MIN_IMAGE_SIZE (that module loads torch)
-        raise click.BadParameter(f"{side} is below 32 px")
+    if side != "auto" and side < MIN_SIDE:
+        raise click.BadParameter(f"{side} is below {MIN_SIDE} px")
     return side
 
 
@@ -128,8 +129,7 @@ def workers_option(default: int | None, help_text: str) -> Decorator:
 
 
 def image_size_option() -> Decorator:
-    # 32: features.backbones.MIN_IMAGE_SIZE, not imported here (that module loads torch).
-    return click.option("--image-size", type=click.IntRange(min=32), default=None,
+    return click.option("--image-size", type=click.IntRange(min=MIN_SIDE), default=None,
                         help="Side in pixels of the square crop fed to the network; the resize before the crop keeps "
                              "its ratio to it. Larger than the weights' own size often pays for frozen features "
                              "(see the README) [default: the weights' own size, e.g. 224 for efficientnet_lite0].")

@@ -101,8 +101,8 @@ def main(head_dir, out_dir, data_root, features_path, finetune_mode, finetune_ep
         patience = AUTO_PATIENCE if patience is None else patience
     ft = FinetuneConfig(epochs=finetune_epochs or 0, lr=None if lr == "auto" else lr, head_lr_mult=head_lr_mult,
                         optimizer=optimizer, frozen_epochs=frozen_epochs, freeze_stages=freeze_stages,
-                        train_bn=train_bn, dropout=dropout,
-                        label_smoothing=label_smoothing, crop_scale=parse_crop_scale(crop_scale), flip=flip,
+                        train_bn=train_bn, dropout=dropout, label_smoothing=label_smoothing,
+                        crop_scale=parse_crop_scale(crop_scale), flip=flip,
                         patience=patience, batch_size=batch_size, workers=workers, seed=seed, resume=resume,
                         progress=not quiet)
     cfg = BuildConfig(head_dir=head_dir, out_dir=out_dir, data_root=data_root, features_path=features_path,

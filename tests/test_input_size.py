@@ -120,3 +120,10 @@ def test_without_a_val_split_the_extraction_size_is_kept(tmp_path):
     meta = json.load(open(os.path.join(out, "model.json")))
     assert meta["input_size"] == 64 and meta["input_size_choice"]["rule"] == "no val split"
     assert "input size 64 px, the extraction size (--input-size auto needs a val split to choose on)" in r.stdout
+
+
+def test_the_size_options_refuse_below_the_networks_minimum():
+    from features.backbones import MIN_IMAGE_SIZE
+    from features.cli_common import MIN_SIDE
+
+    assert MIN_SIDE == MIN_IMAGE_SIZE  # the options cannot import features.backbones (it loads torch)
