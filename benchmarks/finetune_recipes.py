@@ -22,7 +22,7 @@ from pipeline.finetune import FinetuneConfig, PHOTO_CROP_SCALE, finetune
 from pipeline.fusing import fuse_head
 from pipeline.rebuild import rebuild_backbone
 
-# Each variant changes the default recipe in one respect; "previous" is the recipe before it; "bf16" and
+# Each variant changes the default recipe in one respect (the "demo" ones excepted); "previous" is the recipe before it; "bf16" and
 # "fp32" keep the recipe and force the training precision (the default is `resolve_precision("auto")`).
 VARIANTS = {
     "default": {},
@@ -41,6 +41,11 @@ VARIANTS = {
     "crop_photo": dict(crop_scale=PHOTO_CROP_SCALE),
     "no_flip": dict(flip=False),
     "frozen_1": dict(frozen_epochs=1),
+    "ema_0.5": dict(ema_half_life=0.5),
+    "adamw_lr3e-4_ema_0.5": dict(lr=3e-4, ema_half_life=0.5),
+    # the digits demo's fine-tune (the body rate --lr auto takes for it, no flips), and the same with the average
+    "demo": dict(lr=3e-4, flip=False),
+    "demo_ema_0.5": dict(lr=3e-4, flip=False, ema_half_life=0.5),
     "top5": dict(freeze_stages=15),
     "sgd_top5": dict(optimizer="sgd", lr=1e-3, freeze_stages=15),
     "bf16": dict(),

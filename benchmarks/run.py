@@ -5,7 +5,7 @@
 ``--sections audit,phone`` runs only the named sections (``extraction``, ``time``, ``heads``,
 ``memory``, ``precision``, ``scale``, ``audit``, ``phone``, ``onnx``, ``fold``, ``finetune``, ``sweep``,
 ``startup``, ``decode``, ``bf16``, ``compile``, ``rates``, ``rangetest``, ``smallsource``, ``cpuprecision``,
-``raterule``, ``imagesize``, ``inputsize``; ``precision`` needs ``extraction``)
+``raterule``, ``imagesize``, ``inputsize``, ``average``; ``precision`` needs ``extraction``)
 and replaces them in the existing file, each marked with its own command, date and machine.
 """
 
@@ -22,7 +22,7 @@ from benchmarks.bench_compile import section_compile
 from benchmarks.bench_cpu_precision import section_cpu_precision
 from benchmarks.bench_decode import section_decode
 from benchmarks.bench_finetune import (section_finetune, section_finetune_rates, section_range_test,
-                                      section_rate_rule, section_small_source)
+                                      section_rate_rule, section_small_source, section_weight_average)
 from benchmarks.bench_extract import section_extraction, section_memory, section_precision, section_precision_evidence
 from benchmarks.bench_fold import section_fold
 from benchmarks.bench_image_size import section_image_size
@@ -77,7 +77,8 @@ def main() -> None:
              ("cpuprecision", "precision on this CPU", section_cpu_precision, (args.work, args.quick)),
              ("raterule", "choosing the body rate", section_rate_rule, (args.work, args.quick)),
              ("imagesize", "input size", section_image_size, (args.work, args.quick)),
-             ("inputsize", "exported input size", section_input_size, (args.work, args.quick))]
+             ("inputsize", "exported input size", section_input_size, (args.work, args.quick)),
+             ("average", "weight average", section_weight_average, (args.work, args.quick))]
     known = {key for key, *_ in steps} | {"extraction", "precision"}
     if wanted is not None and not wanted <= known:
         raise SystemExit(f"error: unknown sections {', '.join(sorted(wanted - known))} (known: {', '.join(sorted(known))})")

@@ -249,7 +249,9 @@ def _finetune(ft: FinetuneConfig, backbone, splits: FileSplits, device: torch.de
     validation = f"validating on {splits.val_split} ({len(splits.val)} images)" if splits.val else "no val split"
     most = f"up to {ft.epochs} epochs, stopping after {ft.patience} without improvement" if ft.patience else f"{ft.epochs} epochs"
     log(f"fine-tuning {most} on {splits.train_split} ({len(splits.train)} images), "
-        f"{validation}, as the feature file records them; device {device}, precision {precision}")
+        f"{validation}, as the feature file records them; device {device}, precision {precision}"
+        + (f"; each epoch scored as the moving average of its weights (half-life {ft.ema_half_life:g} epochs)"
+           if ft.ema_half_life else ""))
     result = finetune(backbone, splits.root, splits.train, splits.val or None, ft, device, precision, out_dir)
     for h in result.history:
         val = f"{h['val_accuracy']:.4f}" if h["val_accuracy"] is not None else "-"

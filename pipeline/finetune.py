@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 
 from features.backbones import Backbone
@@ -25,7 +26,8 @@ from pipeline.learning_rate import FAMILIAR_LR
 # Options that shape the optimisation: a resumed run must use the checkpoint's values. The
 # number of epochs may grow (a finished fine-tune continues with more).
 RESUME_OPTIONS = ("lr", "head_lr_mult", "optimizer", "frozen_epochs", "freeze_stages", "batch_size", "momentum",
-                  "weight_decay", "label_smoothing", "crop_scale", "flip", "warmup_fraction", "train_bn", "dropout", "seed")
+                  "weight_decay", "label_smoothing", "crop_scale", "flip", "warmup_fraction", "train_bn", "dropout",
+                  "ema_half_life", "seed")
 OPTIMIZERS = ("adamw", "sgd")
 
 
@@ -53,6 +55,7 @@ class FinetuneConfig:
     warmup_fraction: float = 0.1
     train_bn: bool = False
     dropout: bool = False
+    ema_half_life: float | None = None  # in epochs; None: the trained weights are scored and kept as they are
     patience: int | None = None
     workers: int = 0
     seed: int = 0
@@ -327,9 +330,39 @@ def eval_loader(root: str, items: list[tuple[str, int]], preprocessing: Preproce
                       batch_size=batch_size, num_workers=workers, collate_fn=_collate_readable)
 
 
+def weight_average(model: nn.Module, half_life_epochs: float | None, steps_per_epoch: int) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights, starting from them.
+
+    The decay per optimiser step is set so that a step's weight halves after
+    ``half_life_epochs`` epochs (at least one step), whatever the batch count. Buffers
+    (BatchNorm statistics, which only ``--train-bn`` updates) are the raw model's, not averaged.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network the optimiser steps; call ``update_parameters(model)`` after each step.
+    half_life_epochs : float or None
+        None or 0: no average.
+    steps_per_epoch : int
+        Optimiser steps in one epoch (batches of the training loader).
+
+    Returns
+    -------
+    AveragedModel or None
+        The average, whose ``module`` is scored and kept.
+    """
+    if not half_life_epochs:
+        return None
+    decay = 0.5 ** (1.0 / max(1.0, half_life_epochs * steps_per_epoch))
+    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+    average.update_parameters(model)  # counts the starting weights, so that the next update averages
+    return average
+
+
 def _train_epoch(model: nn.Module, loader: DataLoader, optimiser, scheduler, scaler, device: torch.device,
-                 precision: str, label_smoothing: float, progress: Progress) -> float:
-    """One pass over the training images, stepping the schedule per batch; returns the mean training loss."""
+                 precision: str, label_smoothing: float, progress: Progress, average: AveragedModel | None) -> float:
+    """One pass over the training images, stepping the schedule (and the weight average) per batch; returns the
+    mean training loss."""
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     total_loss, seen = 0.0, 0
     for batch in loader:
@@ -343,6 +376,8 @@ def _train_epoch(model: nn.Module, loader: DataLoader, optimiser, scheduler, sca
         scaler.step(optimiser)
         scaler.update()
         scheduler.step()
+        if average is not None:
+            average.update_parameters(model)
         total_loss += float(loss.detach()) * len(y)
         seen += len(y)
         progress.update(len(y))
@@ -383,7 +418,9 @@ def finetune(backbone: Backbone, root: str, train_items: list[tuple[str, int]], 
     ``cfg.epochs``; optional label smoothing; RandomResizedCrop with an area share
     chosen from the images' resolution, and a horizontal flip unless ``cfg.flip`` is
     off; BatchNorm statistics and dropout as at inference unless ``cfg.train_bn`` /
-    ``cfg.dropout``. A validation pass ends each epoch, then a checkpoint
+    ``cfg.dropout``. With ``cfg.ema_half_life`` an exponential moving average of the
+    weights (:func:`weight_average`) is what each epoch is scored and kept as; the
+    optimiser steps the raw weights. A validation pass ends each epoch, then a checkpoint
     (``out_dir/checkpoint.pt``, tensors and plain values only). With ``cfg.patience``
     the run stops once that many epochs in a row have not beaten the best. With
     ``cfg.resume`` a checkpoint left by an interrupted run is continued, if it was
@@ -407,6 +444,8 @@ def finetune(backbone: Backbone, root: str, train_items: list[tuple[str, int]], 
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, warmup_cosine(cfg.epochs * len(train_loader), cfg.warmup_fraction))
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and device.type == "cuda")
+    average = weight_average(model, cfg.ema_half_life, len(train_loader))
+    evaluated = average.module if average is not None else model  # what each epoch is scored and kept as
 
     result = FinetuneResult(crop_scale=crop_scale)
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
@@ -416,6 +455,8 @@ def finetune(backbone: Backbone, root: str, train_items: list[tuple[str, int]], 
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
+        if average is not None:
+            average.load_state_dict(state["average"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         result.history, result.best_epoch, result.best_val_accuracy = state["history"], state["best_epoch"], state["best_val"]
@@ -441,17 +482,18 @@ def finetune(backbone: Backbone, root: str, train_items: list[tuple[str, int]], 
         progress = Progress(len(train_loader.dataset), _epoch_label(epoch, cfg, result.history[-1]["val_accuracy"]),
                             enabled=cfg.progress)
         train_loss = _train_epoch(model, train_loader, optimiser, scheduler, scaler, device, precision,
-                                  cfg.label_smoothing, progress)
-        val_acc = evaluate(model, val_loader, device) if val_loader else None
+                                  cfg.label_smoothing, progress, average)
+        val_acc = evaluate(evaluated, val_loader, device) if val_loader else None
         result.history.append({"epoch": epoch, "phase": "head only" if head_only else "end to end",
                                "train_loss": train_loss, "val_accuracy": val_acc,
                                "seconds": round(time.perf_counter() - epoch_start, 2)})
         improved = val_acc is not None and (result.best_val_accuracy is None or val_acc > result.best_val_accuracy)
         if improved or val_loader is None:  # without validation the last epoch is kept
             result.best_epoch, result.best_val_accuracy = epoch, val_acc
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(evaluated.state_dict())
         _save_checkpoint(ckpt_path, {
             "model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+            "average": average.state_dict() if average is not None else None,
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
             "history": result.history, "best_epoch": result.best_epoch, "best_val": result.best_val_accuracy,
             "best_model": best_state, "options": dict(_options(cfg), precision=precision)})

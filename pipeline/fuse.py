@@ -72,6 +72,10 @@ def parse_crop_scale(text: str) -> tuple[float, float] | None:
 @click.option("--dropout/--no-dropout", default=_D.dropout, show_default=True,
               help="Dropout and drop-connect active in training (off: the network runs as at inference).")
 @click.option("--label-smoothing", default=_D.label_smoothing, show_default=True, type=click.FloatRange(0, 1, max_open=True))
+@click.option("--ema", "ema_half_life", default=_D.ema_half_life or 0.0, show_default=True,
+              type=click.FloatRange(min=0),
+              help="Score and keep an exponential moving average of the weights with this half-life in epochs, e.g. "
+                   "0.5 (it starts at the fused head); 0: the trained weights as they are.")
 @click.option("--crop-scale", default="auto", show_default=True,
               help="RandomResizedCrop area share LO,HI (e.g. 0.08,1); auto: chosen from the images' resolution.")
 @click.option("--flip/--no-flip", default=_D.flip, show_default=True,
@@ -91,8 +95,8 @@ def parse_crop_scale(text: str) -> tuple[float, float] | None:
                    "cores) [default: when the onnx extra is installed].")
 @quiet_option()
 def main(head_dir, out_dir, data_root, features_path, finetune_mode, finetune_epochs, patience, lr, head_lr_mult,
-         optimizer, frozen_epochs, freeze_stages, train_bn, dropout, label_smoothing, crop_scale, flip, batch_size, workers,
-         device, precision, seed, resume, input_size, onnx, quiet) -> None:
+         optimizer, frozen_epochs, freeze_stages, train_bn, dropout, label_smoothing, ema_half_life, crop_scale, flip,
+         batch_size, workers, device, precision, seed, resume, input_size, onnx, quiet) -> None:
     """Fuse a trained head into its backbone, fine-tune end to end (optional), export and verify."""
     if onnx and not onnx_available():
         fail(f"--onnx needs the onnx extra: pip install {' '.join(ONNX_PACKAGES)}")
@@ -102,6 +106,7 @@ def main(head_dir, out_dir, data_root, features_path, finetune_mode, finetune_ep
     ft = FinetuneConfig(epochs=finetune_epochs or 0, lr=None if lr == "auto" else lr, head_lr_mult=head_lr_mult,
                         optimizer=optimizer, frozen_epochs=frozen_epochs, freeze_stages=freeze_stages,
                         train_bn=train_bn, dropout=dropout, label_smoothing=label_smoothing,
+                        ema_half_life=ema_half_life or None,
                         crop_scale=parse_crop_scale(crop_scale), flip=flip,
                         patience=patience, batch_size=batch_size, workers=workers, seed=seed, resume=resume,
                         progress=not quiet)

@@ -1,5 +1,6 @@
 """The fine-tuning recipe's mechanics on a tiny CNN and generated images: phases, schedule, crops, patience."""
 
+import dataclasses
 import json
 import os
 
@@ -8,8 +9,8 @@ import torch
 from PIL import Image
 
 from features.backbones import load_backbone
-from pipeline.finetune import (PHOTO_CROP_SCALE, SMALL_SOURCE_CROP_SCALE, FinetuneConfig, crop_scale_for, finetune,
-                               source_short_side, warmup_cosine)
+from pipeline.finetune import (PHOTO_CROP_SCALE, SMALL_SOURCE_CROP_SCALE, FinetuneConfig, ResumeMismatch,
+                               crop_scale_for, finetune, source_short_side, warmup_cosine, weight_average)
 from tests.conftest import make_imagefolder, run_cli
 
 
@@ -108,11 +109,13 @@ def test_finetune_auto_from_the_command_line(tiny_pipeline, tmp_path):
     assert "body learning rate 1e-5 (--lr auto): random weights" in r.stdout
     bad = run_cli("-m pipeline.fuse", "--head", head, "--out", str(tmp_path / "x"), "--crop-scale", "1,0.5")
     assert bad.returncode == 2 and "--crop-scale" in bad.stderr and "Traceback" not in bad.stderr
+    assert ft["ema_half_life"] is None and "moving average" not in r.stdout  # off by default
     given = run_cli("-m pipeline.fuse", "--head", head, "--out", str(tmp_path / "g"), "--finetune-epochs", "1",
-                    "--lr", "2.5e-4", "--batch-size", "8", "--quiet", "--no-onnx")
+                    "--lr", "2.5e-4", "--ema", "0.5", "--batch-size", "8", "--no-onnx")
     assert given.returncode == 0, given.stderr
     ft = json.load(open(tmp_path / "g" / "model.json"))["finetune"]
     assert ft["lr"] == 2.5e-4 and ft["lr_auto"] is None and "--lr auto" not in given.stdout
+    assert ft["ema_half_life"] == 0.5 and "moving average of its weights (half-life 0.5 epochs)" in given.stdout
     # An impossible precision is refused before any work, in one line.
     fp16 = run_cli("-m pipeline.fuse", "--head", head, "--out", str(tmp_path / "h"), "--device", "cpu",
                    "--precision", "fp16")
@@ -188,3 +191,41 @@ def test_lr_auto_falls_back_where_there_is_no_imagenet_classifier(tmp_path):
     squeeze = dataclasses.replace(load_backbone("squeezenet1_1", "none"), weights=ResolvedWeights("sha256:0", "test"))
     choice = choose_lr(squeeze, feats, "train")
     assert choice.lr == FAMILIAR_LR and choice.familiarity is None and "squeezenet1_1" in choice.reason
+
+
+def test_weight_average_halves_a_step_after_its_half_life():
+    model = torch.nn.Linear(2, 1)
+    torch.nn.init.zeros_(model.weight)
+    average = weight_average(model, half_life_epochs=0.5, steps_per_epoch=4)  # 2 steps
+    torch.nn.init.ones_(model.weight)
+    for _ in range(2):
+        average.update_parameters(model)
+    # the starting weights (0) keep half their share after two steps; the new weights (1) have the rest
+    assert torch.allclose(average.module.weight, torch.full_like(model.weight, 0.5))
+    assert weight_average(model, None, 4) is None and weight_average(model, 0.0, 4) is None
+
+
+def test_the_weight_average_is_what_is_kept_and_resumed(tiny_setup, tmp_path):
+    root, items, backbone = tiny_setup
+    head = backbone.model.fc.state_dict()
+    cfg = FinetuneConfig(epochs=2, lr=1e-2, batch_size=4, ema_half_life=0.5, progress=False)
+    finetune(backbone, root, items["train"], None, cfg, torch.device("cpu"), "fp32", str(tmp_path))
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    kept = _params(backbone.model)
+    averaged = {k[len("module."):]: v for k, v in state["average"].items() if k.startswith("module.")}
+    assert all(torch.equal(kept[k], averaged[k]) for k in kept)  # without val the last epoch's average is kept
+    assert _changed(kept, state["model"], "features.")  # and it is not the last trained weights
+    assert int(state["average"]["n_averaged"]) == 1 + 2 * 4  # the start, then each of 4 steps an epoch
+
+    # resumed on a freshly fused network, the average carries on from the checkpoint's
+    fresh = load_backbone("tiny_cnn", "none")
+    fresh.model.fc = torch.nn.Linear(32, 2)
+    fresh.model.fc.load_state_dict(head)
+    more = dataclasses.replace(cfg, epochs=3, resume=True)
+    result = finetune(fresh, root, items["train"], None, more, torch.device("cpu"), "fp32", str(tmp_path))
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert result.resumed_from == 2 and [h["epoch"] for h in result.history] == [0, 1, 2, 3]
+    assert int(state["average"]["n_averaged"]) == 1 + 3 * 4
+    with pytest.raises(ResumeMismatch, match="ema_half_life"):
+        finetune(fresh, root, items["train"], None, dataclasses.replace(more, epochs=4, ema_half_life=None),
+                 torch.device("cpu"), "fp32", str(tmp_path))
