@@ -149,18 +149,25 @@ def section_finetune_rates(out_dir: str, quick: bool) -> list[str]:
     list of str
         The section's Markdown lines.
     """
-    heads = prepare_heads(out_dir)
+    commands, records = run_recipes(out_dir, prepare_heads(out_dir), RATE_RUNS, "rates", quick)
+    return rates_section(records, commands)
+
+
+def run_recipes(out_dir: str, heads: dict[str, str], runs: tuple[tuple[str, str], ...], table: str,
+                quick: bool) -> tuple[list[str], list[dict]]:
+    """``finetune_recipes.py`` for each ``(head name, variants)`` of ``runs``, 3 epochs on the whole train split (one
+    epoch and the first variant when ``quick``): the commands and the records, in order (``ft-TABLE-NAME.jsonl``)."""
     commands, records = [], []
-    for name, variants in RATE_RUNS:
-        jsonl = os.path.join(out_dir, f"ft-rates-{name}.jsonl")
+    for name, variants in runs:
+        jsonl = os.path.join(out_dir, f"ft-{table}-{name}.jsonl")
         if os.path.exists(jsonl):
             os.remove(jsonl)
         args = ["benchmarks/finetune_recipes.py", "--head", heads[name], "--variants",
                 variants.split(",")[0] if quick else variants, "--epochs", "1" if quick else "3", "--json", jsonl]
         commands.append(run_measured(args).command)
         with open(jsonl, encoding="utf-8") as fh:
-            records += [json.loads(line) for line in fh]
-    return rates_section(records, commands)
+            records += [dict(json.loads(line), name=name) for line in fh]
+    return commands, records
 
 
 def rates_section(records: list[dict], commands: list[str]) -> list[str]:
@@ -404,21 +411,15 @@ def section_weight_average(out_dir: str, quick: bool) -> list[str]:
     """
     heads = prepare_heads(out_dir, only=("digits", "hymenoptera"))
     _, heads["shapes"], commands = shapes_head(out_dir, f"average-{SHAPES[0]}", quick)
+    recipe_commands, records = run_recipes(out_dir, heads, AVERAGE_RUNS, "average", quick)
+    commands += recipe_commands
     rows = []
-    for name, variants in AVERAGE_RUNS:
-        jsonl = os.path.join(out_dir, f"ft-average-{name}.jsonl")
-        if os.path.exists(jsonl):
-            os.remove(jsonl)
-        args = ["benchmarks/finetune_recipes.py", "--head", heads[name], "--variants",
-                variants.split(",")[0] if quick else variants, "--epochs", "1" if quick else "3", "--json", jsonl]
-        commands.append(run_measured(args).command)
-        with open(jsonl, encoding="utf-8") as fh:
-            for r in map(json.loads, fh):
-                scored = "moving average" if "ema" in r["variant"] else "raw weights (default)"
-                accs = " / ".join(f"{h['val_accuracy']:.4f}" for h in r["history"])
-                rows.append(f"| {name} | {scored} | {accs} | {r['best_epoch']} | "
-                            f"{r['history'][r['best_epoch']]['val_accuracy']:.4f} | "
-                            f"{r['seconds'] / (len(r['history']) - 1):.0f} |")
+    for r in records:
+        scored = "moving average" if "ema" in r["variant"] else "raw weights (default)"
+        accs = " / ".join(f"{h['val_accuracy']:.4f}" for h in r["history"])
+        rows.append(f"| {r['name']} | {scored} | {accs} | {r['best_epoch']} | "
+                    f"{r['history'][r['best_epoch']]['val_accuracy']:.4f} | "
+                    f"{r['seconds'] / (len(r['history']) - 1):.0f} |")
     return ["## 24. Fine-tuning: scoring a moving average of the weights (AdamW, head x10, 3 epochs, whole train split)",
             "", "Each row fuses the head afresh and fine-tunes it (`benchmarks/finetune_recipes.py`); the two rows of a "
             "head train identically and differ only in what each epoch is scored and kept as: the weights the "
