@@ -22,8 +22,8 @@ from pipeline.finetune import FinetuneConfig, PHOTO_CROP_SCALE, finetune
 from pipeline.fusing import fuse_head
 from pipeline.rebuild import rebuild_backbone
 
-# Each variant changes the default recipe in one respect (the "demo" ones excepted); "previous" is the recipe before it; "bf16" and
-# "fp32" keep the recipe and force the training precision (the default is `resolve_precision("auto")`).
+# Each variant changes the default recipe in one respect (the "demo" ones excepted); "previous" is the recipe before
+# it; "bf16" and "fp32" keep the recipe and force the training precision (the default is `resolve_precision("auto")`).
 VARIANTS = {
     "default": {},
     "previous": dict(optimizer="sgd", lr=1e-3, train_bn=True, dropout=True, crop_scale=(0.08, 1.0),
