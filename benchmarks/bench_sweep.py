@@ -1,5 +1,5 @@
-"""Section on the C sweep: ``choose_C`` against ``GridSearchCV`` as the sweep first ran, same folds, same grid, one
-process; and two faster sweeps that change the fits, with the C each chooses."""
+"""Section on the C sweep: ``choose_C`` against a plain ``GridSearchCV``, same folds, same grid, one process; and two
+faster sweeps that change the fits or skip some, with the C each chooses."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def section_sweep(out_dir: str, quick: bool) -> list[str]:
              "C (GridSearchCV) | C (choose_C) | C (2 workers) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     changed = ["| features | choose_C s | warm path s | speed-up | coarse to fine s | speed-up | C (choose_C) | "
-               "C (warm path) | C (coarse to fine) | C (converged) | val at C (choose_C) | val (warm path) | "
+               "C (warm path) | C (coarse to fine) | C (converged) | val (choose_C) | val (warm path) | "
                "val (coarse to fine) | val (converged) |",
                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, path in files.items():
@@ -53,15 +53,15 @@ def section_sweep(out_dir: str, quick: bool) -> list[str]:
                        f"{r['warm_val_accuracy']:.4f} | {r['coarse_val_accuracy']:.4f} | {r['converged_val_accuracy']:.4f} |")
     intro = ["## 12. Choosing C: `choose_C` against GridSearchCV (logreg, 5 folds x 15 values)", "",
              "The same folds and grid every way, in one process, alternating; best of the stated repeats. "
-             "`GridSearchCV`: the sweep as first written (one job, BLAS threads as they come: two here). "
+             "`GridSearchCV`: scikit-learn's own sweep, as this one first ran (one job, BLAS threads as they come: two here). "
              "`choose_C`: every C still fitted afresh on every fold, the scaler fitted once per fold, BLAS on "
              "one thread; with one job and with two joblib workers (started once, so the second repeat "
              "reuses them).", ""]
-    between = ["", "Two faster sweeps that change the fits, timed in the same runs (`benchmarks/c_sweep.py`; not what "
-               "`run_head.py` does). Warm path: every C on every fold, each fit starting from the previous, smaller "
-               "C's solution, as `LogisticRegressionCV` does. Coarse to fine: every other C, then the two neighbours "
-               "of the best of those, each fitted afresh. Speed-ups are against `choose_C` with one job. Converged "
-               "(not timed): every fit run to a tolerance of 1e-10 instead of L-BFGS's 1e-4, the choice the data "
-               "make without the solver's stopping point. Val: accuracy on the val split of a head refitted on all "
-               "training rows at the chosen C.", ""]
+    between = ["", "Two faster sweeps that change the fits or skip some, timed in the same runs (`benchmarks/c_sweep.py`; "
+               "not what `run_head.py` does). Warm path: every C on every fold, each fit starting from the previous, "
+               "smaller C's solution, as `LogisticRegressionCV` does. Coarse to fine: every other C, then the two neighbours of the best of those, each fitted "
+               "afresh. Speed-ups are against `choose_C` with one job. Converged (not timed): every C fitted afresh to "
+               "a gradient tolerance of 1e-10 (or until L-BFGS makes no more progress) instead of "
+               "`LogisticRegression`'s default 1e-4. Val: accuracy on the val split of a head refitted on all training "
+               "rows at the chosen C.", ""]
     return intro + exact + between + changed + ["", "```"] + commands + ["```", ""]

@@ -11,7 +11,7 @@ from benchmarks.c_sweep import grid_search_curve
 from features.store import FeatureFileError
 from pipeline.affine import HeadError, load_affine
 from pipeline.head_maths import best_C
-from pipeline.heads import HeadTrainingError, affine_of, choose_C, cv_splits, make_estimator, sweep_jobs
+from pipeline.heads import C_GRID, HeadTrainingError, affine_of, choose_C, cv_splits, make_estimator, sweep_jobs
 from pipeline.predict_features import predict_split
 from pipeline.train_head import HeadConfig, train_head
 from tests.conftest import blobs, run_cli, write_feature_file
@@ -262,6 +262,21 @@ def test_sweep_gives_the_grid_search_curve_and_C(n_per_class, n_classes, dim, sp
     assert_same_sweep(X, y, np.arange(len(y)), np.ones(len(y), bool))
     curve = grid_search_curve(X, y, np.arange(len(y)), np.ones(len(y), bool))
     assert min(s for _, s in curve) < max(s for _, s in curve)  # the curve has a choice to make
+
+
+def test_benchmarked_fresh_fits_give_the_sweep_curve_and_warm_starts_move_from_it():
+    """The benchmark's alternative sweeps start from choose_C's folds, scaling and fits."""
+    from benchmarks.c_sweep import _scaled_folds, curve
+
+    X, y = blobs(30, 3, 64, seed=4, spread=12.0)
+    groups, clean = np.arange(len(y)), np.ones(len(y), bool)
+    ours = choose_C(make_estimator("logreg", 1.0, None, 0), X, y, groups, clean, 5, 0, 1)
+    fresh = curve(_scaled_folds(X, y, groups, clean), C_GRID, False)
+    assert np.allclose(fresh, ours.grid, rtol=0, atol=1e-12)
+    X_train, y_train = _scaled_folds(X, y, groups, clean)[0][:2]
+    warm = make_estimator("logreg", 1e-3, None, 0)[-1].set_params(warm_start=True).fit(X_train, y_train)
+    cold_iterations = make_estimator("logreg", 1.0, None, 0)[-1].fit(X_train, y_train).n_iter_[0]
+    assert warm.set_params(C=1.0).fit(X_train, y_train).n_iter_[0] < cold_iterations  # it starts from the last fit
 
 
 def test_sweep_in_two_workers_gives_the_same_curve():
