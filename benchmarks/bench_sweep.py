@@ -50,18 +50,19 @@ def section_sweep(out_dir: str, quick: bool) -> list[str]:
                        f"{r['sweep_seconds'] / r['warm_seconds']:.2f}x | {r['coarse_seconds']:.2f} | "
                        f"{r['sweep_seconds'] / r['coarse_seconds']:.2f}x | {r['sweep_C']:g} | {r['warm_C']:g} | "
                        f"{r['coarse_C']:g} | {r['converged_C']:g} | {r['sweep_val_accuracy']:.4f} | "
-                       f"{r['warm_val_accuracy']:.4f} | {r['coarse_val_accuracy']:.4f} | {r['converged_val_accuracy']:.4f} |")
+                       f"{r['warm_val_accuracy']:.4f} | {r['coarse_val_accuracy']:.4f} | "
+                       f"{r['converged_val_accuracy']:.4f} |")
     intro = ["## 12. Choosing C: `choose_C` against GridSearchCV (logreg, 5 folds x 15 values)", "",
              "The same folds and grid every way, in one process, alternating; best of the stated repeats. "
-             "`GridSearchCV`: scikit-learn's own sweep, as this one first ran (one job, BLAS threads as they come: two here). "
-             "`choose_C`: every C still fitted afresh on every fold, the scaler fitted once per fold, BLAS on "
-             "one thread; with one job and with two joblib workers (started once, so the second repeat "
+             "`GridSearchCV`: scikit-learn's own sweep, as this one first ran (one job, BLAS threads as they come: "
+             "two here). `choose_C`: every C still fitted afresh on every fold, the scaler fitted once per fold, "
+             "BLAS on one thread; with one job and with two joblib workers (started once, so the second repeat "
              "reuses them).", ""]
-    between = ["", "Two faster sweeps that change the fits or skip some, timed in the same runs (`benchmarks/c_sweep.py`; "
-               "not what `run_head.py` does). Warm path: every C on every fold, each fit starting from the previous, "
-               "smaller C's solution, as `LogisticRegressionCV` does. Coarse to fine: every other C, then the two neighbours of the best of those, each fitted "
-               "afresh. Speed-ups are against `choose_C` with one job. Converged (not timed): every C fitted afresh to "
-               "a gradient tolerance of 1e-10 (or until L-BFGS makes no more progress) instead of "
-               "`LogisticRegression`'s default 1e-4. Val: accuracy on the val split of a head refitted on all training "
-               "rows at the chosen C.", ""]
+    between = ["", "Two faster sweeps that change the fits or skip some, timed in the same runs "
+               "(`benchmarks/c_sweep.py`; not what `run_head.py` does). Warm path: every C on every fold, each fit "
+               "starting from the previous, smaller C's solution, as `LogisticRegressionCV` does. Coarse to fine: "
+               "every other C, then the two neighbours of the best of those, each fitted afresh. Speed-ups are "
+               "against `choose_C` with one job. Converged (not timed): every C fitted afresh to a gradient tolerance "
+               "of 1e-10 (or until L-BFGS makes no more progress) instead of `LogisticRegression`'s default 1e-4. "
+               "Val: accuracy on the val split of a head refitted on all training rows at the chosen C.", ""]
     return intro + exact + between + changed + ["", "```"] + commands + ["```", ""]

@@ -26,7 +26,7 @@ from sklearn.model_selection import GridSearchCV
 
 from features.store import FeatureFile, SplitData
 from pipeline.head_maths import best_C
-from pipeline.heads import C_GRID, FlooredScaler, choose_C, cv_splits, make_estimator, single_blas_thread
+from pipeline.heads import C_GRID, choose_C, cv_splits, make_estimator, single_blas_thread
 
 
 def grid_search_curve(X, y, groups, clean) -> list[tuple[float, float]]:
@@ -45,7 +45,7 @@ def _scaled_folds(X: np.ndarray, y: np.ndarray, groups: np.ndarray, clean: np.nd
     rows, as :func:`choose_C` scales them."""
     folds = []
     for train, test in cv_splits(y, groups, clean, 5, 0):
-        scaler = FlooredScaler().fit(X[train])
+        scaler = make_estimator("logreg", 1.0, None, 0)[:-1].fit(X[train])  # the head's own scaling step
         folds.append((scaler.transform(X[train]), y[train], scaler.transform(X[test]), y[test]))
     return folds
 
