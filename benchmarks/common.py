@@ -56,6 +56,16 @@ def extraction_rate(report_path: str) -> tuple[int, float]:
     return sum(s["processed"] for s in splits), sum(s["seconds"] for s in splits)
 
 
+def extraction_parts(report_path: str) -> tuple[float, float]:
+    """Milliseconds per image the extraction loops spent waiting for decoded images and in forward passes,
+    from ``run_extract.py --report``."""
+    with open(report_path, encoding="utf-8") as fh:
+        splits = json.load(fh)["splits"]
+    images = sum(s["processed"] for s in splits)
+    return (1000 * sum(s["waiting_seconds"] for s in splits) / images,
+            1000 * sum(s["forward_seconds"] for s in splits) / images)
+
+
 def head_val_accuracy(head_dir: str) -> tuple[float, int]:
     """Val accuracy and its number of images, from a head folder's ``report.json``."""
     with open(os.path.join(head_dir, "report.json"), encoding="utf-8") as fh:

@@ -90,6 +90,8 @@ class SplitSummary:
     skipped: list[tuple[str, str]]
     processed: int = 0
     seconds: float = 0.0
+    waiting_seconds: float = 0.0  # of ``seconds``: waiting for decoded images
+    forward_seconds: float = 0.0  # of ``seconds``: the backbone's forward passes
 
     @property
     def images_per_second(self) -> float:
@@ -129,8 +131,11 @@ class ExtractSummary:
                f"precision {self.precision}"]
         out += self.notes
         for s in self.splits:
-            out.append(f"  {s.split:>10}: {s.images} images, {s.rows} rows, {len(s.skipped)} skipped, "
-                       f"{s.seconds:.1f} s, {s.images_per_second:.1f} img/s")
+            line = (f"  {s.split:>10}: {s.images} images, {s.rows} rows, {len(s.skipped)} skipped, "
+                    f"{s.seconds:.1f} s, {s.images_per_second:.1f} img/s")
+            if s.processed:
+                line += f" (waiting for decoded images {s.waiting_seconds:.1f} s, forward {s.forward_seconds:.1f} s)"
+            out.append(line)
         for s in self.splits:
             for path, reason in s.skipped:
                 out.append(f"  skipped {path}: {reason}")
@@ -238,11 +243,21 @@ def _file_attrs(cfg: ExtractConfig, layout: DatasetLayout, splits: dict[str, lis
     return file_attrs(FeatureIdentity.of_backbone(backbone, layout.classes), list(splits), layout.root, config, versions)
 
 
+@dataclass(frozen=True)
+class SplitTiming:
+    """Where one split's extraction loop spent its time."""
+
+    processed: int  # images this run decoded (a resumed run skips the done ones)
+    seconds: float  # the whole loop
+    waiting: float  # blocked on the next batch of decoded images
+    forward: float  # in the backbone's forward passes
+
+
 def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample], offset: int, backbone: Backbone,
                device: torch.device, forward: BatchForward, capture: FeatureCapture, views: int, cfg: ExtractConfig,
-               workers: int, stop: StopRequest) -> tuple[int, float]:
+               workers: int, stop: StopRequest) -> SplitTiming:
     """Extract the unfinished part of one split (or of this rank's block of it, starting at
-    split index ``offset``); returns (images processed, seconds).
+    split index ``offset``).
 
     A stop request (SIGINT, SIGTERM) takes effect after the batch in hand is committed.
     """
@@ -261,7 +276,14 @@ def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample],
             batches = stack.enter_context(contextlib.closing(
                 pooled_batches(dataset, cfg.batch_size, torch.get_num_threads(), _single_threaded_worker)))
         stack.enter_context(torch.inference_mode())
-        for batch in batches:
+        waiting = forward_seconds = 0.0
+        batches = iter(batches)
+        while True:
+            waited_from = time.perf_counter()
+            batch = next(batches, None)
+            waiting += time.perf_counter() - waited_from
+            if batch is None:
+                break
             good = [(idx, t) for idx, t, _ in batch if t is not None]
             skipped = [(samples[idx].path, reason) for idx, t, reason in batch if t is None]
             feats = np.zeros((0, backbone.feature_dim), dtype=np.float32)
@@ -271,7 +293,9 @@ def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample],
                 # uint8 until here: a quarter of the bytes to gather and move, normalised at once
                 x = torch.cat([t for _, t in good]).to(device, non_blocking=True)
                 x = backbone.preprocessing.normalise(x).contiguous(memory_format=torch.channels_last)
+                forward_from = time.perf_counter()
                 feats = forward(x, capture).float().cpu().numpy()
+                forward_seconds += time.perf_counter() - forward_from
                 per_image = views + 1
                 rows_index = np.repeat([idx for idx, _ in good], per_image).astype(np.int64)  # into samples
                 rows_view = np.tile(np.arange(per_image, dtype=np.int16), len(good))
@@ -289,7 +313,7 @@ def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample],
             stop.check()
     progress.close()
     writer.finish_split(split)
-    return len(dataset), time.perf_counter() - started
+    return SplitTiming(len(dataset), time.perf_counter() - started, waiting, forward_seconds)
 
 
 def extract(cfg: ExtractConfig) -> ExtractSummary:
@@ -392,8 +416,8 @@ class _SplitRunner:
     notes: list[str] = field(default_factory=list)
 
     def __call__(self, writer: FeatureWriter, splits: dict[str, list[Sample]],
-                 offsets: dict[str, int]) -> dict[str, tuple[int, float]]:
-        """Extract every unfinished split into ``writer``; returns (images processed, seconds) per split."""
+                 offsets: dict[str, int]) -> dict[str, SplitTiming]:
+        """Extract every unfinished split into ``writer``; returns each one's timing."""
         keep_freed_memory()
         self.backbone.model.to(self.device).to(memory_format=torch.channels_last)
         workers = self.cfg.workers
@@ -417,12 +441,12 @@ class _SplitRunner:
 
 
 def _finish(writer: FeatureWriter, summary: ExtractSummary, splits: dict[str, list[Sample]],
-            timings: dict[str, tuple[int, float]], root: str) -> None:
+            timings: dict[str, SplitTiming], root: str) -> None:
     """Count what was written, refuse an empty result, and finalise the file."""
     for split in splits:
         n_images, rows, skipped = writer.counts(split)
-        processed, seconds = timings.get(split, (0, 0.0))
-        summary.splits.append(SplitSummary(split, n_images, rows, skipped, processed, seconds))
+        t = timings.get(split, SplitTiming(0, 0.0, 0.0, 0.0))
+        summary.splits.append(SplitSummary(split, n_images, rows, skipped, t.processed, t.seconds, t.waiting, t.forward))
     if sum(s.rows for s in summary.splits) == 0:
         writer.discard()
         reasons = "; ".join(f"{p}: {r}" for s in summary.splits for p, r in s.skipped[:3])
@@ -476,9 +500,12 @@ def _extract_sharded(cfg: ExtractConfig, shard: Shard, splits: dict[str, list[Sa
 
     merged = {}
     for split in splits:
-        # Ranks run side by side: images add up, the elapsed time is the slowest rank's.
+        # Ranks run side by side: images add up, the times are the slowest rank's.
         parts = [t[split] for t in every_rank if split in t]
-        merged[split] = (sum(p for p, _ in parts), max((sec for _, sec in parts), default=0.0))
+        if parts:
+            slowest = max(parts, key=lambda t: t.seconds)
+            merged[split] = SplitTiming(sum(t.processed for t in parts), slowest.seconds, slowest.waiting,
+                                        slowest.forward)
     if os.path.exists(cfg.out_path + PARTIAL_SUFFIX):
         os.remove(cfg.out_path + PARTIAL_SUFFIX)  # an interrupted merge starts over: the shards hold every row
     writer = open_writer(cfg.out_path, attrs, {n: len(s) for n, s in splits.items()}, dim, cfg.dtype, True).writer
