@@ -334,8 +334,9 @@ def weight_average(model: nn.Module, half_life_epochs: float | None, steps_per_e
     """An exponential moving average of ``model``'s weights, starting from them.
 
     The decay per optimiser step is set so that a step's weight halves after
-    ``half_life_epochs`` epochs (at least one step), whatever the batch count. Buffers
-    (BatchNorm statistics, which only ``--train-bn`` updates) are the raw model's, not averaged.
+    ``half_life_epochs`` epochs (at least one step), whatever the batch count. Buffers are
+    averaged the same way: BatchNorm statistics, which only ``--train-bn`` updates, follow the
+    averaged weights they belong to (otherwise they stay the pretrained ones).
 
     Parameters
     ----------
@@ -354,7 +355,7 @@ def weight_average(model: nn.Module, half_life_epochs: float | None, steps_per_e
     if not half_life_epochs:
         return None
     decay = 0.5 ** (1.0 / max(1.0, half_life_epochs * steps_per_epoch))
-    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     average.update_parameters(model)  # counts the starting weights, so that the next update averages
     return average
 

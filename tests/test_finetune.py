@@ -205,6 +205,23 @@ def test_weight_average_halves_a_step_after_its_half_life():
     assert weight_average(model, None, 4) is None and weight_average(model, 0.0, 4) is None
 
 
+def test_the_weight_average_follows_batchnorm_statistics_only_when_they_train():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    pretrained = model[1].running_mean.clone()
+    average = weight_average(model, half_life_epochs=0.5, steps_per_epoch=4)
+    model.eval()  # statistics as at inference (the default): they never move, nor does their average
+    model(torch.randn(8, 3, 5, 5) + 3)
+    average.update_parameters(model)
+    assert torch.equal(average.module[1].running_mean, pretrained)
+    model[1].train()  # --train-bn: batch statistics move the running ones, and the average follows them
+    model(torch.randn(8, 3, 5, 5) + 3)
+    moved = model[1].running_mean.clone()
+    average.update_parameters(model)
+    expected = pretrained + (moved - pretrained) * (1 - 0.5 ** 0.5)  # one step of a 2-step half-life
+    assert not torch.equal(moved, pretrained)
+    assert torch.allclose(average.module[1].running_mean, expected)
+
+
 def test_the_weight_average_is_what_is_kept_and_resumed(tiny_setup, tmp_path):
     root, items, backbone = tiny_setup
     head = backbone.model.fc.state_dict()
