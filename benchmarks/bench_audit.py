@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from benchmarks.common import HYMENOPTERA, extraction_rate, run_measured
+from benchmarks.common import HYMENOPTERA, extraction_totals, run_measured
 from benchmarks.plant import plant
 from features.store import FeatureFile
 from pipeline.dedup import hash_distance, unit_rows
@@ -87,7 +87,7 @@ def section_audit(out_dir: str, quick: bool) -> list[str]:
     audit_dir = os.path.join(out_dir, "planted-audit")
     ext = run_measured(["run_extract.py", "--data", data, "--out", features, "--overwrite", "--quiet",
                         "--report", features + ".json"])
-    images, loop_seconds = extraction_rate(features + ".json")
+    images, loop_seconds = extraction_totals(features + ".json")[:2]
     aud = run_measured(["run_head.py", "audit", "--features", features, "--out", audit_dir, "--overwrite"])
     with open(os.path.join(audit_dir, "audit.json"), encoding="utf-8") as fh:
         audit = json.load(fh)

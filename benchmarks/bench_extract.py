@@ -8,7 +8,7 @@ import statistics
 
 import numpy as np
 
-from benchmarks.common import HYMENOPTERA, better_same_worse, extraction_rate, head_val_accuracy, run_measured
+from benchmarks.common import HYMENOPTERA, better_same_worse, extraction_totals, head_val_accuracy, run_measured
 from features.store import FeatureFile
 
 
@@ -18,8 +18,8 @@ def full_path(out_dir: str, backbone: str, weights: str, precision: str, batch: 
     m = run_measured(["run_extract.py", "--data", data, "--backbone", backbone, "--weights", weights,
                       "--precision", precision, "--batch-size", str(batch), "--out", out, "--overwrite", "--quiet",
                       "--report", out + ".json", *extra], env=env)
-    images, seconds = extraction_rate(out + ".json")
-    return m, out, images / seconds
+    totals = extraction_totals(out + ".json")
+    return m, out, totals.images / totals.seconds
 
 
 def forward_only(backbone: str, weights: str, precision: str, batch: int, fold: int = 0, images: int = 128):
@@ -142,7 +142,7 @@ def section_memory(out_dir: str, quick: bool) -> list[str]:
     for label, data in (("hymenoptera", HYMENOPTERA), (f"hymenoptera x{factor}", hymenoptera_copies(out_dir, factor))):
         m, path, _ = full_path(out_dir, "efficientnet_lite0", "DEFAULT", "bf16", 32, data=data,
                                name=f"memory-{os.path.basename(data)}.h5")
-        images, _ = extraction_rate(path + ".json")
+        images = extraction_totals(path + ".json").images
         commands.append(m.command)
         lines.append(f"| {label} | {images} | {m.peak_rss_mb:.0f} | {m.seconds:.1f} |")
     lines += ["", "Rows are streamed to HDF5 per batch, so memory does not grow with the number of images.", "",

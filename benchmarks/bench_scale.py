@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from benchmarks.common import HYMENOPTERA, extraction_rate, run_measured
+from benchmarks.common import HYMENOPTERA, extraction_totals, run_measured
 from features.store import FeatureFile
 from pipeline.affine import load_affine
 
@@ -24,9 +24,9 @@ def _processes(out_dir: str, quick: bool) -> tuple[list[str], list[str]]:
     for n, args in ((1, common), (2, TORCHRUN + common)):
         files[n] = os.path.join(out_dir, f"procs-{n}.h5")
         m = run_measured([*args, "--out", files[n], "--report", files[n] + ".json"])
-        images, seconds = extraction_rate(files[n] + ".json")
+        totals = extraction_totals(files[n] + ".json")
         commands.append(m.command)
-        lines.append(f"| {n} | {2 // n} | {images / seconds:.1f} | {m.seconds:.1f} | {m.peak_rss_mb:.0f} |")
+        lines.append(f"| {n} | {2 // n} | {totals.images / totals.seconds:.1f} | {m.seconds:.1f} | {m.peak_rss_mb:.0f} |")
     with FeatureFile(files[1]) as a, FeatureFile(files[2]) as b:
         diff = max(float(np.abs(a.read_split(s).features - b.read_split(s).features).max()) for s in a.splits)
         same = all((a.read_split(s).paths == b.read_split(s).paths).all() for s in a.splits)

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HYMENOPTERA = os.path.abspath(os.path.join(REPO, "..", "shared", "data", "hymenoptera_data"))
@@ -49,21 +50,22 @@ def run_measured(args: list[str], cwd: str = REPO, env: dict | None = None) -> M
     return Measured(shown_command(args), seconds, usage.ru_maxrss / 1024.0, stdout)
 
 
-def extraction_rate(report_path: str) -> tuple[int, float]:
-    """Images processed and seconds spent in the extraction loops, from ``run_extract.py --report``."""
-    with open(report_path, encoding="utf-8") as fh:
-        splits = json.load(fh)["splits"]
-    return sum(s["processed"] for s in splits), sum(s["seconds"] for s in splits)
+class ExtractionTotals(NamedTuple):
+    """Sums over the splits of one ``run_extract.py --report``: images processed, and seconds in the extraction
+    loops, of which waiting for decoded images and in forward passes."""
+
+    images: int
+    seconds: float
+    waiting: float
+    forward: float
 
 
-def extraction_parts(report_path: str) -> tuple[float, float]:
-    """Milliseconds per image the extraction loops spent waiting for decoded images and in forward passes,
-    from ``run_extract.py --report``."""
+def extraction_totals(report_path: str) -> ExtractionTotals:
+    """The extraction loops' totals from ``run_extract.py --report``."""
     with open(report_path, encoding="utf-8") as fh:
         splits = json.load(fh)["splits"]
-    images = sum(s["processed"] for s in splits)
-    return (1000 * sum(s["waiting_seconds"] for s in splits) / images,
-            1000 * sum(s["forward_seconds"] for s in splits) / images)
+    return ExtractionTotals(*(sum(s[key] for s in splits)
+                              for key in ("processed", "seconds", "waiting_seconds", "forward_seconds")))
 
 
 def head_val_accuracy(head_dir: str) -> tuple[float, int]:

@@ -90,8 +90,10 @@ class SplitSummary:
     skipped: list[tuple[str, str]]
     processed: int = 0
     seconds: float = 0.0
-    waiting_seconds: float = 0.0  # of ``seconds``: waiting for decoded images
-    forward_seconds: float = 0.0  # of ``seconds``: the backbone's forward passes
+    # Of ``seconds`` (the slowest rank's, for a torchrun launch): waiting for decoded images, and the
+    # forward passes with moving and normalising each batch (and torch.compile's warm-up, when it compiles).
+    waiting_seconds: float = 0.0
+    forward_seconds: float = 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -247,10 +249,10 @@ def _file_attrs(cfg: ExtractConfig, layout: DatasetLayout, splits: dict[str, lis
 class SplitTiming:
     """Where one split's extraction loop spent its time."""
 
-    processed: int  # images this run decoded (a resumed run skips the done ones)
+    processed: int  # files this run read or tried (a resumed run skips the done ones)
     seconds: float  # the whole loop
     waiting: float  # blocked on the next batch of decoded images
-    forward: float  # in the backbone's forward passes
+    forward: float  # moving and normalising each batch, and the backbone's forward pass
 
 
 def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample], offset: int, backbone: Backbone,
@@ -277,24 +279,20 @@ def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample],
                 pooled_batches(dataset, cfg.batch_size, torch.get_num_threads(), _single_threaded_worker)))
         stack.enter_context(torch.inference_mode())
         waiting = forward_seconds = 0.0
-        batches = iter(batches)
-        while True:
-            waited_from = time.perf_counter()
-            batch = next(batches, None)
-            waiting += time.perf_counter() - waited_from
-            if batch is None:
-                break
+        asked = time.perf_counter()  # when the loop asked for the next batch
+        for batch in batches:
+            waiting += time.perf_counter() - asked
             good = [(idx, t) for idx, t, _ in batch if t is not None]
             skipped = [(samples[idx].path, reason) for idx, t, reason in batch if t is None]
             feats = np.zeros((0, backbone.feature_dim), dtype=np.float32)
             rows_index = np.zeros(0, dtype=np.int64)
             rows_view = np.zeros(0, dtype=np.int16)
             if good:
+                forward_from = time.perf_counter()
                 # uint8 until here: a quarter of the bytes to gather and move, normalised at once
                 x = torch.cat([t for _, t in good]).to(device, non_blocking=True)
                 x = backbone.preprocessing.normalise(x).contiguous(memory_format=torch.channels_last)
-                forward_from = time.perf_counter()
-                feats = forward(x, capture).float().cpu().numpy()
+                feats = forward(x, capture).float().cpu().numpy()  # .cpu() waits for the device
                 forward_seconds += time.perf_counter() - forward_from
                 per_image = views + 1
                 rows_index = np.repeat([idx for idx, _ in good], per_image).astype(np.int64)  # into samples
@@ -311,6 +309,8 @@ def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample],
             )
             progress.update(len(batch))
             stop.check()
+            asked = time.perf_counter()
+        waiting += time.perf_counter() - asked  # the end of the data is a wait too
     progress.close()
     writer.finish_split(split)
     return SplitTiming(len(dataset), time.perf_counter() - started, waiting, forward_seconds)

@@ -334,9 +334,10 @@ def weight_average(model: nn.Module, half_life_epochs: float | None, steps_per_e
     """An exponential moving average of ``model``'s weights, starting from them.
 
     The decay per optimiser step is set so that a step's weight halves after
-    ``half_life_epochs`` epochs (at least one step), whatever the batch count. Buffers are
-    averaged the same way: BatchNorm statistics, which only ``--train-bn`` updates, follow the
-    averaged weights they belong to (otherwise they stay the pretrained ones).
+    ``half_life_epochs`` epochs (at least one step), whatever the batch count. Floating-point
+    buffers are averaged the same way: BatchNorm statistics, which only ``--train-bn`` updates,
+    follow the averaged weights they belong to (without it they never move, so their average
+    stays the pretrained statistics). Other buffers (counters, indices) are copied as they are.
 
     Parameters
     ----------
@@ -355,7 +356,18 @@ def weight_average(model: nn.Module, half_life_epochs: float | None, steps_per_e
     if not half_life_epochs:
         return None
     decay = 0.5 ** (1.0 / max(1.0, half_life_epochs * steps_per_epoch))
-    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema = get_ema_multi_avg_fn(decay)
+
+    def average_floats_copy_the_rest(averaged: list, current: list, n_averaged: torch.Tensor) -> None:
+        # AveragedModel groups tensors by dtype, so each call sees one dtype: an average of
+        # integers would be truncated back into them (BatchNorm's num_batches_tracked, index tables).
+        if averaged[0].is_floating_point():
+            ema(averaged, current, n_averaged)
+        else:
+            for a, c in zip(averaged, current):
+                a.copy_(c)
+
+    average = AveragedModel(model, multi_avg_fn=average_floats_copy_the_rest, use_buffers=True)
     average.update_parameters(model)  # counts the starting weights, so that the next update averages
     return average
 

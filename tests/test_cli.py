@@ -22,9 +22,7 @@ def test_one_group_runs_every_step(tmp_path):
     report = json.load(open(tmp_path / "extract.json"))
     assert report["status"] == "written" and report["feature_dim"] == 32
     assert [(s["split"], s["images"], s["processed"]) for s in report["splits"]] == [("train", 12, 12), ("val", 6, 6)]
-    for s in report["splits"]:  # the loop's time, split into waiting for decoded images and forward passes
-        assert 0 < s["waiting_seconds"] and 0 < s["forward_seconds"]
-        assert s["waiting_seconds"] + s["forward_seconds"] <= s["seconds"]
+    assert all(s["forward_seconds"] > 0 and "waiting_seconds" in s for s in report["splits"])  # see test_extract
     assert run_cli("-m pipeline.cli", "verify", feats).returncode == 0
     head = str(tmp_path / "head")
     r = run_cli("-m pipeline.cli", "head", "--features", feats, "--C", "1", "--out", head)

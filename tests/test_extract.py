@@ -5,12 +5,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
 import pytest
+import torch
 
-from features.extract import ExtractConfig, ExtractionError, extract
+from features.extract import ExtractConfig, ExtractionError, ExtractSummary, SplitSummary, extract
 from features.store import SCHEMA_VERSION, FeatureFile, FeatureFileError, PARTIAL_SUFFIX
 from tests.conftest import REPO, make_imagefolder, run_cli, write_image
 from features.journal import committed_images
@@ -101,6 +103,29 @@ def test_every_decode_mode_gives_the_same_rows(tmp_path):
     for decode in ("pool", "thread"):
         with pytest.raises(ValueError, match="applies without --workers"):
             _extract(root, str(tmp_path / "both.h5"), decode=decode, workers=1)
+
+
+def test_slow_decoding_shows_as_waiting_and_only_there(tmp_path, monkeypatch):
+    import features.extract as extract_module
+
+    root = make_imagefolder(str(tmp_path / "d"), {"train": {"a": 4, "b": 4}, "val": {"a": 2, "b": 2}})
+    pause, read = 0.02, extract_module.ImageRows.__getitem__
+
+    def slow_read(self, i):  # every image takes at least `pause` to read
+        time.sleep(pause)
+        return read(self, i)
+
+    monkeypatch.setattr(extract_module.ImageRows, "__getitem__", slow_read)
+    for decode, threads in (("turn", 1), ("pool", torch.get_num_threads())):
+        summary = _extract(root, str(tmp_path / f"{decode}.h5"), batch_size=4, decode=decode)
+        shown = "\n".join(summary.lines())
+        for s in summary.splits:
+            assert s.waiting_seconds >= pause * s.processed / threads  # the pauses land in the wait
+            assert 0 < s.forward_seconds and s.waiting_seconds + s.forward_seconds <= s.seconds
+            assert f"(waiting for decoded images {s.waiting_seconds:.1f} s, forward {s.forward_seconds:.1f} s)" in shown
+    resumed = ExtractSummary("f.h5", "nothing to do", "tiny_cnn", "none", 32, "cpu", "fp32", 32, ["a", "b"],
+                             splits=[SplitSummary("train", 8, 8, [], processed=0)])
+    assert "waiting" not in "\n".join(resumed.lines())  # nothing processed: no parts to show
 
 
 def test_a_batch_normalised_at_once_equals_each_image_normalised_alone(tmp_path):

@@ -220,6 +220,7 @@ def test_the_weight_average_follows_batchnorm_statistics_only_when_they_train():
     expected = pretrained + (moved - pretrained) * (1 - 0.5 ** 0.5)  # one step of a 2-step half-life
     assert not torch.equal(moved, pretrained)
     assert torch.allclose(average.module[1].running_mean, expected)
+    assert average.module[1].num_batches_tracked == model[1].num_batches_tracked == 1  # a counter is copied, not averaged
 
 
 def test_the_weight_average_is_what_is_kept_and_resumed(tiny_setup, tmp_path):
