@@ -22,9 +22,12 @@ def full_path(out_dir: str, backbone: str, weights: str, precision: str, batch: 
     return m, out, totals.images / totals.seconds
 
 
-def forward_only(backbone: str, weights: str, precision: str, batch: int, fold: int = 0, images: int = 128):
-    """``benchmarks/forward_only.py`` in a child process: (the measured command, images per second)."""
-    m = run_measured(["benchmarks/forward_only.py", backbone, weights, precision, str(batch), str(fold), str(images)])
+def forward_only(backbone: str, weights: str, precision: str, batch: int, fold: int = 0, images: int = 128,
+                 passes: int = 1):
+    """``benchmarks/forward_only.py`` in a child process: (the measured command, images per second; the fastest
+    of ``passes`` passes)."""
+    m = run_measured(["benchmarks/forward_only.py", backbone, weights, precision, str(batch), str(fold), str(images),
+                      *([str(passes)] if passes > 1 else [])])
     return m, json.loads(m.stdout)["images_per_second"]
 
 
