@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.bench_extract import forward_only, full_path
+from benchmarks.bench_extract import FORWARD_PASSES, forward_only, full_path
 from benchmarks.common import extraction_totals, run_measured
-
-
-# Forward-only passes per figure, the fastest kept: one pass over 128 images varied by more than the
-# ratios this section compares on this shared machine.
-FORWARD_PASSES = 3
 
 
 def section_decode(out_dir: str, quick: bool) -> list[str]:
@@ -34,7 +29,8 @@ def section_decode(out_dir: str, quick: bool) -> list[str]:
     host_ms = json.loads(split.stdout)["decode_ms"] + json.loads(split.stdout)["transform_ms"]
     lines = ["## 14. Decoding in turn, across the cores, or in a thread (hymenoptera, 398 images, batch 32)", "",
              "Forward-only: 128 preprocessed val images through the network as built and with BatchNorm folded "
-             f"(what extraction runs), the fastest of {FORWARD_PASSES} passes after a warm-up batch. Full path: `run_extract.py` rate over its extraction loops, decoding "
+             f"(what extraction runs), the fastest of {FORWARD_PASSES} passes after a warm-up batch. Full path: "
+             "`run_extract.py` rate over its extraction loops, decoding "
              "between batches in the main thread (`--decode turn`), between batches by a pool of one thread per "
              "core (`--decode pool`, the default), or in a thread one batch ahead (`--decode thread`); the three "
              f"alternate, best of {repeats}. Ratios are against the forward pass as built; the full path aims at "
@@ -86,9 +82,8 @@ def section_decode(out_dir: str, quick: bool) -> list[str]:
               "and progress). The forward pass in the loop also pays what the forward-only figure leaves out: "
               "the first batches' warm-up (oneDNN primitives, first-touch memory) and each split's shorter last "
               "batch, a new shape; where it comes out below the forward-only figure, that is run-to-run noise. "
-              "Estimate from the parts: the "
-              "folded forward-only pass plus the pool's measured wait, without warm-up or anything else; the "
-              "path can beat it only by the noise in those two figures.", "",
+              "Estimate from the parts: the folded forward-only pass plus the pool's measured wait, without "
+              "warm-up or anything else; the path can beat it only by the noise in those two figures.", "",
               "| backbone | precision | pool img/s | waiting ms/img | forward in the loop ms/img | other ms/img | "
               "folded forward-only ms/img | loop forward / forward-only | estimate from the parts / built | "
               "pool / built |", "|---|---|---|---|---|---|---|---|---|---|", *parts_lines]

@@ -22,6 +22,11 @@ def full_path(out_dir: str, backbone: str, weights: str, precision: str, batch: 
     return m, out, totals.images / totals.seconds
 
 
+# Forward-only passes per figure where sections compare forward passes closely (10, 14), the fastest kept:
+# one pass over 128 images varied by more than the ratios compared on this shared machine.
+FORWARD_PASSES = 3
+
+
 def forward_only(backbone: str, weights: str, precision: str, batch: int, fold: int = 0, images: int = 128,
                  passes: int = 1):
     """``benchmarks/forward_only.py`` in a child process: (the measured command, images per second; the fastest

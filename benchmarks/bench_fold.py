@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.bench_decode import FORWARD_PASSES
+from benchmarks.bench_extract import FORWARD_PASSES
 from benchmarks.common import run_measured
 
 # One member of each family with BatchNorm (and ConvNeXt, which has none), smallest first.
