@@ -63,8 +63,23 @@ def run_command(command: click.Command, args: list[str] | None = None, prog_name
         print("error: interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the work is done: nothing is left to interrupt
+        _ignore_interrupts()  # the work is done: nothing is left to interrupt
     _end(code)
+
+
+def _ignore_interrupts() -> None:
+    """Ignore SIGINT from now on.
+
+    ``signal.signal`` first runs the handler of a signal still pending, so a Ctrl-C that lands
+    just then raises ``KeyboardInterrupt`` from the old handler, out of this very call. The
+    command has finished by then: the interruption is dropped and the swap tried again.
+    """
+    while True:
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 def _end(code: int | str | None) -> NoReturn:

@@ -180,6 +180,30 @@ def test_ctrl_c_once_the_file_is_written_changes_nothing(dataset, reference, tmp
     assert_same_rows(out, reference)
 
 
+def test_ctrl_c_pending_as_the_command_ends_is_dropped(tmp_path):
+    """The moment the race above can pick, made certain: a real SIGINT arrives while Python has not yet
+    run its handler, just before the command's end ignores SIGINT; the command's own exit code stands."""
+    script = tmp_path / "ends.py"
+    script.write_text(
+        "import os, signal, click\n"
+        "from features import entry\n"
+        "swap, sent = signal.signal, []\n"
+        "def swap_with_one_pending(signum, handler):\n"
+        "    if handler is signal.SIG_IGN and not sent:\n"
+        "        sent.append(signal.SIGINT)\n"
+        "        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])\n"
+        "        os.kill(os.getpid(), signal.SIGINT)  # held until unblocked, then handled inside the swap\n"
+        "        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])\n"
+        "    return swap(signum, handler)\n"
+        "entry.signal.signal = swap_with_one_pending\n"
+        "@click.command()\n"
+        "def done():\n"
+        "    click.echo('finished')\n"
+        "entry.run_command(done, [])\n")
+    r = subprocess.run([sys.executable, str(script)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "finished\n", "")
+
+
 def test_torn_and_damaged_journals(dataset, reference, tmp_path):
     out = str(tmp_path / "f.h5")
     proc = subprocess.Popen([*EXTRACT, *_args(dataset, out)], env=ENV, stdout=subprocess.DEVNULL,
