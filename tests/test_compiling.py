@@ -39,9 +39,10 @@ def _assert_same_rows(path, reference, counts):
 
 
 def _extract(root, out, compile_mode, batch_size):
+    # On the CPU, where compile auto is measured: on a GPU machine auto would pick CUDA, where it stays off.
     return extract(ExtractConfig(data_root=root, out_path=out, backbone="tiny_cnn", weights="none",
-                                 batch_size=batch_size, views=1, compile=compile_mode, precision="fp32",
-                                 progress=False))
+                                 batch_size=batch_size, views=1, compile=compile_mode, device="cpu",
+                                 precision="fp32", progress=False))
 
 
 @pytest.fixture
