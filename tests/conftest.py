@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import subprocess
 import sys
@@ -75,6 +76,14 @@ def one_line_error(stderr: str, *needles: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     for needle in needles:
         assert needle in lines[0], stderr
+
+
+def assert_resumed(stdout: str, folder: str) -> None:
+    """The rerun continued the interrupted journal: its status says so, and nothing was set aside as damaged
+    (a journal that cannot be reused is moved aside with a note and the run starts afresh, to the same rows)."""
+    assert any(line.startswith("resumed and written: ") for line in stdout.splitlines()), stdout
+    assert "could not be resumed" not in stdout, stdout
+    assert not glob.glob(os.path.join(folder, "*.damaged-*"))
 
 
 def run_cli(script: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -1,6 +1,7 @@
 """Extraction over 2 CPU processes launched by torchrun (gloo): merge, equality, kill and resume."""
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -92,6 +93,15 @@ def _rank_pid(launcher_pid: int, rank: int) -> int | None:
     return None
 
 
+def _committed_in_shard(out: str, rank: int) -> int:
+    """Images a 2-process run's shard already holds: all 65 once whole, else what its journal committed."""
+    shard = f"{out}.shard-{rank}-of-2"
+    if os.path.exists(shard):
+        return 65
+    partial = shard + PARTIAL_SUFFIX
+    return committed_images(partial, "train") + committed_images(partial, "val") if os.path.exists(partial) else 0
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the rank's process through /proc")
 def test_killed_rank_resumes_per_shard(tmp_path):
     data = make_imagefolder(str(tmp_path / "d"), {"train": {"a": 50, "b": 50}, "val": {"a": 15, "b": 15}})
@@ -108,10 +118,15 @@ def test_killed_rank_resumes_per_shard(tmp_path):
     assert run.returncode != 0, "the run finished before rank 1 could be killed"
     assert not os.path.exists(out), "no final file after a failed rank"
     assert 4 <= committed_images(shard1, "train") < 50
+    done = _committed_in_shard(out, 0) + _committed_in_shard(out, 1)
 
-    resumed = _torchrun(*args)
+    report = str(tmp_path / "report.json")
+    resumed = _torchrun(*args, "--report", report)
     stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr
+    assert "could not be resumed" not in stdout + stderr and not glob.glob(out + "*.damaged-*")
+    with open(report, encoding="utf-8") as fh:  # the ranks' counts, summed: each shard went on from where it stopped
+        assert sum(s["processed"] for s in json.load(fh)["splits"]) == 130 - done
     single = run_cli("run_extract.py", *args[:-1], str(tmp_path / "one.h5"), "--quiet")
     assert single.returncode == 0, single.stderr
     _assert_same_rows(str(tmp_path / "one.h5"), out)

@@ -14,7 +14,7 @@ import torch
 
 from features.extract import ExtractConfig, ExtractionError, ExtractSummary, SplitSummary, extract
 from features.store import SCHEMA_VERSION, FeatureFile, FeatureFileError, PARTIAL_SUFFIX
-from tests.conftest import REPO, make_imagefolder, run_cli, write_image
+from tests.conftest import REPO, assert_resumed, make_imagefolder, run_cli, write_image
 from features.journal import committed_images
 from tests.waiting import wait_for_committed
 
@@ -191,9 +191,13 @@ def _interrupt_then_resume(data, out, sig, extra):
     assert os.path.exists(partial) and not os.path.exists(out)
     done = committed_images(partial, "train") + committed_images(partial, "val")
     assert 8 <= done < 160
-    resumed = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=300)
+    report = out + ".report.json"
+    resumed = subprocess.run([sys.executable, *args, "--report", report], env=env, capture_output=True, text=True,
+                             timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed" in resumed.stdout
+    assert_resumed(resumed.stdout, os.path.dirname(out))
+    with open(report, encoding="utf-8") as fh:
+        assert sum(s["processed"] for s in json.load(fh)["splits"]) == 160 - done  # only what was not committed
     return err, done
 
 

@@ -10,7 +10,8 @@ from PIL import Image
 
 from features.backbones import load_backbone
 from pipeline.finetune import (PHOTO_CROP_SCALE, SMALL_SOURCE_CROP_SCALE, FinetuneConfig, ResumeMismatch,
-                               crop_scale_for, finetune, source_short_side, warmup_cosine, weight_average)
+                               crop_scale_for, eval_loader, evaluate, finetune, source_short_side, warmup_cosine,
+                               weight_average)
 from tests.conftest import make_imagefolder, run_cli
 
 
@@ -70,6 +71,9 @@ def test_patience_stops_and_keeps_the_best_epoch(tiny_setup, tmp_path):
     assert result.stopped_early and epochs_run == list(range(result.best_epoch + 2))
     best = max(result.history, key=lambda h: (h["val_accuracy"], -h["epoch"]))
     assert result.best_epoch == best["epoch"]
+    # The weights left in the model are the best epoch's, whichever it was: they score its val accuracy again.
+    val = eval_loader(root, items["val"], backbone.preprocessing)
+    assert evaluate(backbone.model, val, torch.device("cpu")) == best["val_accuracy"]
     if result.best_epoch == 0:
         assert not _changed(fused, _params(backbone.model), "")  # the fused head's weights came back
 

@@ -5,6 +5,7 @@ import json
 import os
 import warnings
 
+import joblib
 import numpy as np
 import pytest
 from sklearn.exceptions import ConvergenceWarning
@@ -175,6 +176,8 @@ def test_cli_fit_predict_and_errors(blob_file, tmp_path):
 def test_fixed_C_and_class_weight(blob_file, tmp_path):
     r = train_head(HeadConfig(blob_file, str(tmp_path / "h"), C=0.3, class_weight="balanced")).report
     assert r["C"] == 0.3 and r["cv_score"] is None and r["class_weight"] == "balanced"
+    fitted = joblib.load(os.path.join(str(tmp_path / "h"), "estimator.joblib"))[-1]  # what was used, not only reported
+    assert fitted.C == 0.3 and fitted.class_weight == "balanced"
     with pytest.raises(FeatureFileError):
         train_head(HeadConfig(str(tmp_path / "missing.h5"), str(tmp_path / "h2")))
 
@@ -221,11 +224,14 @@ def test_C_sweep_is_scikit_learns_grid_search_with_image_folds(blob_file):
     groups, clean = np.arange(len(ytr)), np.ones(len(ytr), bool)
     grid = np.array([1e-3, 1e-1, 10.0])
     cv = choose_C(make_estimator("logreg", 1.0, None, 0), Xtr, ytr, groups, clean, 5, 0, 1, grid=grid)
+    hand = {}
     for C, score in cv.grid:
         by_hand = [make_estimator("logreg", C, None, 0).fit(Xtr[tr], ytr[tr]).score(Xtr[te], ytr[te])
                    for tr, te in cv_splits(ytr, groups, clean, 5, 0)]
-        assert score == pytest.approx(np.mean(by_hand))
-    assert cv.C == best_C(cv.grid)[0]
+        hand[C] = float(np.mean(by_hand))
+        assert score == pytest.approx(hand[C])
+    top = max(hand.values())
+    assert cv.C == min(C for C, score in hand.items() if score >= top - 1e-12)  # from the hand-run curve
     assert best_C([(0.1, 0.9), (1.0, 0.95), (10.0, 0.95)]) == (1.0, 0.95)
 
 

@@ -127,3 +127,9 @@ def test_the_size_options_refuse_below_the_networks_minimum():
     from features.cli_common import MIN_SIDE
 
     assert MIN_SIDE == MIN_IMAGE_SIZE  # the options cannot import features.backbones (it loads torch)
+    below = str(MIN_SIDE - 1)
+    for command, args in [("run_extract.py", ["--data", "nowhere", "--image-size", below]),
+                          ("-m pipeline.fuse", ["--head", "nowhere", "--out", "nowhere", "--input-size", below])]:
+        r = run_cli(command, *args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (command, r.stderr)
+        assert f"{below} is below {MIN_SIDE} px" in r.stderr or f"x>={MIN_SIDE}" in r.stderr, (command, r.stderr)

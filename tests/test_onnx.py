@@ -95,7 +95,7 @@ def _assert_runtimes_agree(model_dir: str, inputs: list[str], n_images: int) -> 
     assert len(torch_rows) == n_images and torch_rows.keys() == onnx_rows.keys()
     for path, row in torch_rows.items():
         other = onnx_rows[path]
-        assert row["class"] == other["class"], path
+        assert row["class"] == other["class"] and len(row["top"]) == len(other["top"]) == 2, (path, row, other)
         for a, b in zip(row["top"], other["top"]):
             assert a["class"] == b["class"] and abs(a["prob"] - b["prob"]) <= 1e-4, (path, row, other)
 

@@ -15,7 +15,7 @@ import pytest
 from features import journal
 from features.locking import output_lock
 from features.store import PARTIAL_SUFFIX, FeatureFile
-from tests.conftest import REPO, make_imagefolder, one_line_error, run_cli
+from tests.conftest import REPO, assert_resumed, make_imagefolder, one_line_error, run_cli
 from tests.waiting import wait_for_committed
 
 EXTRACT = [sys.executable, os.path.join(REPO, "run_extract.py")]
@@ -77,6 +77,14 @@ def test_held_lock_refuses_heads_and_models_too(tmp_path, reference):
     one_line_error(r.stderr, f"being written by pid {os.getpid()}")
     assert not os.path.exists(head)
 
+    assert run_cli("run_head.py", "--features", reference, "--out", head, "--C", "1").returncode == 0
+    model = str(tmp_path / "model")
+    with output_lock(model):
+        r = run_cli("-m pipeline.fuse", "--head", head, "--out", model, "--no-onnx", "--quiet")
+    assert r.returncode == 2
+    one_line_error(r.stderr, f"being written by pid {os.getpid()}")
+    assert not os.path.exists(model)
+
 
 def _limited(limit: int):
     def preexec():  # SIGXFSZ ignored (Python does so too) so writes past the limit fail with EFBIG
@@ -94,7 +102,8 @@ def test_full_disk_while_extracting_ends_cleanly_and_resumes(dataset, reference,
     state = journal.scan(out + PARTIAL_SUFFIX)
     assert 0 < state.done_images("train") < 40 and state.torn_bytes == 0 and not os.path.exists(out)
     resumed = run_cli("run_extract.py", *_args(dataset, out))
-    assert resumed.returncode == 0 and "resumed" in resumed.stdout, resumed.stderr
+    assert resumed.returncode == 0, resumed.stderr
+    assert_resumed(resumed.stdout, str(tmp_path))
     assert_same_rows(out, reference)
 
 
@@ -280,10 +289,14 @@ def test_model_and_head_folders_appear_whole(reference, tmp_path):
     assert not os.path.exists(head + ".partial")
     assert {"head.json", "head.npz", "report.json"} <= set(os.listdir(head)) and "junk" not in os.listdir(head)
     model = str(tmp_path / "model")
+    os.makedirs(model + ".partial")
+    (tmp_path / "model.partial" / "junk").write_text("x")
     with FeatureFile(reference) as f:
         data = f.data_root
     r = run_cli("-m pipeline.fuse", "--head", head, "--out", model, "--data", data)
     assert r.returncode == 0, r.stderr
+    assert not os.path.exists(model + ".partial")
+    assert {"model.json", "model.pt2"} <= set(os.listdir(model)) and "junk" not in os.listdir(model)
     image = os.path.join(data, "val", "a", "img_000.jpg")
     assert run_cli("-m pipeline.predict", "--model", model, image).returncode == 0
     with open(os.path.join(model, "model.pt2"), "r+b") as fh:
