@@ -69,21 +69,20 @@ def test_second_writer_is_refused_and_the_first_finishes(dataset, reference, tmp
     assert not os.path.exists(out + ".lock"), "the lock file is removed on release"
 
 
-def test_held_lock_refuses_heads_and_models_too(tmp_path, reference):
-    head = str(tmp_path / "head")
-    with output_lock(head):
-        r = run_cli("run_head.py", "--features", reference, "--out", head, "--C", "1")
+def _refused_while_locked(target: str, *command: str) -> None:
+    with output_lock(target):
+        r = run_cli(*command)
     assert r.returncode == 2
     one_line_error(r.stderr, f"being written by pid {os.getpid()}")
-    assert not os.path.exists(head)
+    assert not os.path.exists(target)
 
-    assert run_cli("run_head.py", "--features", reference, "--out", head, "--C", "1").returncode == 0
-    model = str(tmp_path / "model")
-    with output_lock(model):
-        r = run_cli("-m pipeline.fuse", "--head", head, "--out", model, "--no-onnx", "--quiet")
-    assert r.returncode == 2
-    one_line_error(r.stderr, f"being written by pid {os.getpid()}")
-    assert not os.path.exists(model)
+
+def test_held_lock_refuses_heads_and_models_too(tmp_path, reference):
+    head, model = str(tmp_path / "head"), str(tmp_path / "model")
+    train_head = ("run_head.py", "--features", reference, "--out", head, "--C", "1")
+    _refused_while_locked(head, *train_head)
+    assert run_cli(*train_head).returncode == 0
+    _refused_while_locked(model, "-m pipeline.fuse", "--head", head, "--out", model, "--no-onnx", "--quiet")
 
 
 def _limited(limit: int):
