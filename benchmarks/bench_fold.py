@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.bench_extract import FORWARD_PASSES
-from benchmarks.common import run_measured
+from benchmarks.bench_extract import FORWARD_PASSES, forward_only
 
 # One member of each family with BatchNorm (and ConvNeXt, which has none), smallest first.
 FAMILIES = [("efficientnet_lite0", "DEFAULT"), ("mobilenet_v3_large", "none"), ("efficientnet_b0", "none"),
@@ -28,7 +27,7 @@ def section_fold(out_dir: str, quick: bool) -> list[str]:
         The section's Markdown lines.
     """
     families = FAMILIES[:3] if quick else FAMILIES
-    images = "32" if quick else "128"
+    images = 32 if quick else 128
     lines = ["## 10. BatchNorm folded into convolutions (forward pass only, fp32, batch 32)", "",
              "Extraction, and the exports of a fused model, fold every conv -> BatchNorm pair that a `torch.fx` "
              "trace proves adjacent (`features/folding.py`); fine-tuning keeps real BatchNorm. Each row runs the "
@@ -38,12 +37,11 @@ def section_fold(out_dir: str, quick: bool) -> list[str]:
     commands = []
     for name, weights in families:
         rates = {}
-        for fold in ("0", "1"):
-            m = run_measured(["benchmarks/forward_only.py", name, weights, "fp32", "32", fold, images,
-                              str(FORWARD_PASSES)])
+        for fold in (0, 1):
+            m, _ = forward_only(name, weights, "fp32", 32, fold, images, FORWARD_PASSES)
             commands.append(m.command)
-            rates[fold] = json.loads(m.stdout)
-        lines.append(f"| {name} | {rates['1']['batchnorm_folded']} | {rates['0']['images_per_second']:.1f} | "
-                     f"{rates['1']['images_per_second']:.1f} | "
-                     f"{rates['1']['images_per_second'] / rates['0']['images_per_second']:.2f}x |")
+            rates[fold] = json.loads(m.stdout)  # also says how many BatchNorm layers were folded
+        lines.append(f"| {name} | {rates[1]['batchnorm_folded']} | {rates[0]['images_per_second']:.1f} | "
+                     f"{rates[1]['images_per_second']:.1f} | "
+                     f"{rates[1]['images_per_second'] / rates[0]['images_per_second']:.2f}x |")
     return lines + ["", "```"] + commands + ["```", ""]
