@@ -1,4 +1,4 @@
-"""Section 23: the exported model's input size, chosen on val by ``pipeline.fuse --input-size auto``."""
+"""Section 23: the exported model's input size and head, chosen on val by ``pipeline.fuse --input-size auto``."""
 
 from __future__ import annotations
 
@@ -36,16 +36,18 @@ def section_input_size(out_dir: str, quick: bool) -> list[str]:
     seeds = 2 if quick else 10
     shapes_root, commands = shapes_dataset(out_dir)
     datasets = [("hymenoptera", HYMENOPTERA), ("digits demo", digits_dataset(out_dir)), ("shapes", shapes_root)]
-    lines = ["## 23. The exported model's input size, chosen on val (`pipeline.fuse --input-size auto`, "
+    lines = ["## 23. The exported model's input size and head, chosen on val (`pipeline.fuse --input-size auto`, "
              "efficientnet_lite0)", "",
              f"A fused model takes any input size. Here a logreg head fitted on the {EXTRACTION_SIZE}-px features "
              f"(C by 5-fold CV) scores the features of the same val images at {', '.join(map(str, SIZES[1:]))} px: "
-             "what the fused head computes when fed larger inputs, with nothing refitted. The dataset's own split, "
-             f"and {seeds} stratified resplits of every labeled image, heads fitted on each resplit's train rows "
-             "(`benchmarks/size_evidence.py --head-from-first`).", "",
-             f"| dataset | input size | own split val acc | mean resplit val acc | vs {EXTRACTION_SIZE}, images per "
-             f"resplit | better / same / worse than {EXTRACTION_SIZE} |",
-             "|---|---|---|---|---|---|"]
+             "what the fused head computes when fed larger inputs, with nothing refitted (fed). Beside it, a logreg "
+             "head fitted the same way on the training images' features at each side (refitted), which is what "
+             "the fuse command's refit does. The dataset's own split, and "
+             f"{seeds} stratified resplits of every labeled image (the same ones for every column), heads fitted on "
+             "each resplit's train rows (`benchmarks/size_evidence.py --head-from-first`, and without it).", "",
+             f"| dataset | input size | head | own split val acc | mean resplit val acc | vs {EXTRACTION_SIZE}, "
+             f"images per resplit | better / same / worse than {EXTRACTION_SIZE} |",
+             "|---|---|---|---|---|---|---|"]
     features = {}
     for label, root in datasets:
         paths = []
@@ -55,15 +57,19 @@ def section_input_size(out_dir: str, quick: bool) -> list[str]:
             commands.append(m.command)
             paths.append(path)
         features[label] = paths[0]
-        m = run_measured(["benchmarks/size_evidence.py", "--head-from-first", str(seeds), *paths])
-        commands.append(m.command)
-        files = json.loads(m.stdout)["files"]
-        base = np.array(files[0]["resplits"])
-        for f in files:
-            acc = np.array(f["resplits"])
-            diff = (acc - base) * f["resplit_val_images"]
-            lines.append(f"| {label} | {f['image_size']} | {f['own_split']:.4f} | {acc.mean():.4f} | "
-                         f"{diff.mean():+.2f} | {better_same_worse(diff)} |")
+        evidence = {}
+        for head, mode in (("fed", ["--head-from-first"]), ("refitted", [])):
+            m = run_measured(["benchmarks/size_evidence.py", *mode, str(seeds), *paths])
+            commands.append(m.command)
+            evidence[head] = json.loads(m.stdout)["files"]
+        base = np.array(evidence["fed"][0]["resplits"])  # the 224-px head: the same in both modes
+        for i, size in enumerate(SIZES):
+            for head in ("fed", "refitted") if i else ("fed",):
+                f = evidence[head][i]
+                acc = np.array(f["resplits"])
+                diff = (acc - base) * f["resplit_val_images"]
+                lines.append(f"| {label} | {size} | {head if i else 'its own'} | {f['own_split']:.4f} | "
+                             f"{acc.mean():.4f} | {diff.mean():+.2f} | {better_same_worse(diff)} |")
     fuse_lines, fuse_commands = _fuse_choices(out_dir, features, quick)
     return lines + fuse_lines + ["", "```"] + commands + fuse_commands + ["```", ""]
 
@@ -78,13 +84,14 @@ def _fuse_choices(out_dir: str, features: dict[str, str], quick: bool) -> tuple[
              "left to `--input-size auto`: fine-tuning first (`--finetune auto` is the default command: up to 10 "
              "epochs, patience 2; the digits demo's own command and the shapes run take 3 epochs; `--lr auto`), its "
              "best epoch kept on val at 224 px, then that model scored on val as exported (BatchNorm folded) at each "
-             "side, and exported at the best. Both choices are made on the same val images, so the exported "
-             "model's val accuracy is an optimistic estimate; the resplits above are the check that does not "
-             "select on them.", "",
+             "side, fed and with its head refitted there on the training images (logreg heads; a head initialised "
+             "from ImageNet's classifier is not refitted), and exported at the best side with the better head. "
+             "These choices are made on the same val images, so the exported model's val accuracy is an optimistic "
+             "estimate; the resplits above are the check that does not select on them.", "",
              f"| dataset | head | fuse options | head val acc | kept epoch | val acc at "
-             f"{' / '.join(map(str, SIZES))} | input size | exported model's val acc | epochs run | s per epoch | "
-             "s to choose the size |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"{' / '.join(map(str, SIZES))} | refitted at {' / '.join(map(str, SIZES[1:]))} | input size | "
+             "exported head | exported model's val acc | epochs run | s per epoch | s to choose the size |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     commands = []
     for label, head_label, head_args, fuse_args in runs:
         name = f"input-{label.split()[0]}-{head_args[1]}{'-imagenet' if '--init' in head_args else ''}"
@@ -96,8 +103,10 @@ def _fuse_choices(out_dir: str, features: dict[str, str], quick: bool) -> tuple[
         commands.append(m.command)
         ft, choice = meta["finetune"], meta["input_size_choice"]
         scored = " / ".join(f"{choice['val_accuracy'][str(s)]:.4f}" for s in SIZES)
+        refitted = choice["val_accuracy_refit"]
+        refit = " / ".join(f"{refitted[str(s)]:.4f}" if str(s) in refitted else "-" for s in SIZES[1:])
+        kept = (refitted if choice["head"] == "refitted" else choice["val_accuracy"])[str(choice["size"])]
         lines.append(f"| {label} | {head_label} | `{' '.join(options)}` | {head_val_accuracy(head)[0]:.4f} | "
-                     f"{ft['best_epoch']} | {scored} | {choice['size']} | "
-                     f"{choice['val_accuracy'][str(choice['size'])]:.4f} | {epochs} | {per_epoch:.1f} | "
-                     f"{choice['seconds']:.1f} |")
+                     f"{ft['best_epoch']} | {scored} | {refit} | {choice['size']} | {choice['head']} | {kept:.4f} | "
+                     f"{epochs} | {per_epoch:.1f} | {choice['seconds']:.1f} |")
     return lines, commands

@@ -90,13 +90,16 @@ def parse_crop_scale(text: str) -> tuple[float, float] | None:
               help="Input side of the exported model; auto: the extraction size or 8/7 or 9/7 of it (256 and 288 for "
                    "224), whichever scores best on the val split (a larger input often pays for photos: see the "
                    "README); N: that side.")
+@click.option("--refit-head/--no-refit-head", default=True, show_default=True,
+              help="At an input size other than the extraction's, refit the head the way run_head.py fitted it on the "
+                   "training images' features at that size, and keep it where it scores at least as well on val.")
 @click.option("--onnx/--no-onnx", default=None,
               help="Also export model.onnx, checked with onnxruntime (adds about 10 s for efficientnet_lite0 on 2 "
                    "cores) [default: when the onnx extra is installed].")
 @quiet_option()
 def main(head_dir, out_dir, data_root, features_path, finetune_mode, finetune_epochs, patience, lr, head_lr_mult,
          optimizer, frozen_epochs, freeze_stages, train_bn, dropout, label_smoothing, ema_half_life, crop_scale, flip,
-         batch_size, workers, device, precision, seed, resume, input_size, onnx, quiet) -> None:
+         batch_size, workers, device, precision, seed, resume, input_size, refit_head, onnx, quiet) -> None:
     """Fuse a trained head into its backbone, fine-tune end to end (optional), export and verify."""
     if onnx and not onnx_available():
         fail(f"--onnx needs the onnx extra: pip install {' '.join(ONNX_PACKAGES)}")
@@ -112,7 +115,7 @@ def main(head_dir, out_dir, data_root, features_path, finetune_mode, finetune_ep
                         progress=not quiet)
     cfg = BuildConfig(head_dir=head_dir, out_dir=out_dir, data_root=data_root, features_path=features_path,
                       finetune=ft, device=device, precision=precision, onnx=onnx is not False,
-                      input_size=input_size)
+                      input_size=input_size, refit_head=refit_head)
     interrupted = f"interrupted; rerun with --resume to continue from the last epoch checkpoint in {out_dir}.partial"
     with exit_codes(USER_ERRORS, interrupted):
         sidecar = build_model(cfg, log=click.echo)

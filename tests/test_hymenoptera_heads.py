@@ -72,3 +72,22 @@ def test_fused_lite0_reproduces_head_val_accuracy_exactly(hymenoptera, hymenopte
     choice = build_model(BuildConfig(head, auto), log=lambda *_: None)["input_size_choice"]
     assert choice["val_accuracy"]["224"] == report["splits"]["val"]["accuracy"]
     assert exported_accuracy(auto) == choice["val_accuracy"][str(choice["size"])]
+
+
+def test_a_logreg_head_refitted_at_a_larger_side_exports_what_it_scored(hymenoptera, hymenoptera_lite0, tmp_path):
+    """The real Lite0 weights: a logreg head is refitted at each larger side, and the exported model, on the image
+    files, scores what was measured for the head it holds at the side it was given."""
+    from pipeline.build_model import BuildConfig, build_model
+    from pipeline.predict import expand_inputs, predict_images
+
+    head = str(tmp_path / "head")
+    train_head(HeadConfig(hymenoptera_lite0, head, clf="logreg"))
+    model = str(tmp_path / "model")
+    choice = build_model(BuildConfig(head, model, onnx=False), log=lambda *_: None)["input_size_choice"]
+    assert sorted(choice["val_accuracy_refit"]) == sorted(choice["refit_C"]) == ["256", "288"]
+    size = str(choice["size"])
+    scores = choice["val_accuracy_refit"] if choice["head"] == "refitted" else choice["val_accuracy"]
+    predictions, skipped = predict_images(model, expand_inputs([os.path.join(hymenoptera, "val")]))
+    truth = [os.path.basename(os.path.dirname(p.path)) for p in predictions]
+    assert not skipped and len(predictions) == 153
+    assert np.mean([p.top[0][0] == t for p, t in zip(predictions, truth)]) == pytest.approx(scores[size])

@@ -30,6 +30,21 @@ def test_a_larger_size_is_kept_only_when_strictly_better():
     assert best_size({224: None, 256: None}, 224) == 224  # no readable image: nothing to choose on
 
 
+def test_each_side_counts_with_the_better_of_its_two_heads():
+    from pipeline.input_size import size_and_head
+
+    fed = {224: 0.95, 256: 0.89, 288: 0.63}
+    assert size_and_head(fed, {256: 0.95, 288: 0.96}, {256, 288}, 224) == (288, True)  # refitted, 288 pays
+    assert size_and_head(fed, {256: 0.95, 288: 0.95}, {256, 288}, 224) == (224, False)  # a tie keeps the smaller
+    fed = {224: 0.948, 256: 0.954, 288: 0.967}
+    assert size_and_head(fed, {256: 0.961, 288: 0.974}, {256, 288}, 224) == (288, True)
+    assert size_and_head(fed, {256: 0.941, 288: 0.961}, {256, 288}, 224) == (288, False)  # fed wins at 288
+    assert size_and_head(fed, {256: 0.941, 288: 0.967}, {256, 288}, 224) == (288, True)  # a tie goes to the refit
+    assert size_and_head(fed, {}, set(), 224) == (288, False)  # --no-refit-head
+    assert size_and_head({288: 0.90}, {288: 0.89}, {288}, 224, asked=288) == (288, False)
+    assert size_and_head({}, {}, {288}, 224, asked=288) == (288, True)  # no val split: nothing to compare with
+
+
 def test_a_network_with_fixed_padding_is_rebuilt_for_the_new_size():
     """Lite0's TF "same" padding is fixed when built: at 240 px (odd maps deeper down) the rebuilt network, with the
     fused head and the same weights, equals one built for 240 from the start, and differs from the 224 build."""
@@ -82,8 +97,15 @@ def test_fuse_chooses_the_input_size_on_val_and_the_exports_use_it(sized_pipelin
     assert sorted(scored) == [64, 96] and choice["rule"] == "auto" and choice["extraction_size"] == 64
     assert choice["size"] == best_size(scored, 64) == meta["input_size"] == meta["preprocessing"]["crop_size"]
     assert f"input size {choice['size']} px" in r.stdout and "--input-size auto" in r.stdout
-    # The exported model, on the image files, scores what the choice measured at its size.
-    assert _val_accuracy(out, data) == pytest.approx(scored[choice["size"]])
+    # A side counts with the better of the head as fused and the head refitted there.
+    refitted = {int(k): a for k, a in choice["val_accuracy_refit"].items()}
+    assert sorted(refitted) == [96] and sorted(int(k) for k in choice["refit_C"]) == [96]
+    better = {size: max(a, refitted.get(size, a)) for size, a in scored.items()}
+    assert choice["size"] == best_size(better, 64)
+    kept = choice["size"] == 96 and refitted[96] >= scored[96]
+    assert choice["head"] == ("refitted" if kept else "as fused")
+    # The exported model, on the image files, scores what was measured for the head it holds.
+    assert _val_accuracy(out, data) == pytest.approx(refitted[96] if kept else scored[choice["size"]])
 
 
 def test_fuse_input_size_asked_for_and_refused(sized_pipeline, tmp_path):
@@ -93,9 +115,10 @@ def test_fuse_input_size_asked_for_and_refused(sized_pipeline, tmp_path):
     assert r.returncode == 0, r.stderr
     meta = json.load(open(os.path.join(out, "model.json")))
     assert meta["input_size"] == 96 and meta["preprocessing"]["resize_size"] == 108  # tiny_cnn's 36/32 ratio
-    assert meta["input_size_choice"] == {"size": 96, "extraction_size": 64, "rule": "asked", "val_accuracy": {},
-                                         "seconds": 0.0}
-    assert "input size 96 px (--input-size), the features were extracted at 64 px" in r.stdout
+    choice = meta["input_size_choice"]
+    assert choice["size"] == 96 and choice["extraction_size"] == 64 and choice["rule"] == "asked"
+    assert list(choice["val_accuracy"]) == list(choice["val_accuracy_refit"]) == ["96"]  # that side only
+    assert "input size 96 px (--input-size), the features were extracted at 64 px (val accuracy 96 px" in r.stdout
     image = os.path.join(data, "val", "ants", "img_000.jpg")
     assert run_cli("-m pipeline.predict", "--model", out, image).returncode == 0
     for bad, said in (("20", "below 32 px"), ("big", "neither 'auto' nor a whole number")):
@@ -133,3 +156,98 @@ def test_the_size_options_refuse_below_the_networks_minimum():
         r = run_cli(command, *args)
         assert r.returncode == 2 and "Traceback" not in r.stderr, (command, r.stderr)
         assert f"{below} is below {MIN_SIDE} px" in r.stderr or f"x>={MIN_SIDE}" in r.stderr, (command, r.stderr)
+
+
+def _fused_at(head_dir: str, size: int):
+    """The head's backbone with the head fused in, at input side ``size`` (as the fuse command builds it)."""
+    from pipeline.affine import load_affine
+    from pipeline.rebuild import rebuild_backbone
+
+    head = load_affine(head_dir)
+    backbone = rebuild_backbone(head.feature_identity)
+    fuse_head(backbone, head)
+    backbone.model.eval()
+    return at_size(backbone, size), head
+
+
+def test_the_refit_fits_the_head_as_run_head_fits_features_extracted_at_that_size(sized_pipeline, tmp_path):
+    """Refitting the 64-px head at 96 px gives the head run_head.py fits on features run_extract.py makes at 96 px:
+    the same C from the same cross-validation, and the same weights."""
+    from features.extract import ExtractConfig, extract
+    from pipeline.affine import load_affine
+    from pipeline.build_model import BuildConfig, file_splits
+    from pipeline.refit import head_recipe, refit_head
+    from pipeline.train_head import HeadConfig, train_head
+
+    data, head_dir = sized_pipeline
+    feats96, head96 = str(tmp_path / "f96.h5"), str(tmp_path / "head96")
+    extract(ExtractConfig(data_root=data, out_path=feats96, backbone="tiny_cnn", weights="none", precision="fp32",
+                          image_size=96, progress=False))
+    train_head(HeadConfig(feats96, head96, clf="logreg", n_jobs=1))
+    reference = load_affine(head96)
+
+    backbone, head = _fused_at(head_dir, 96)
+    recipe, why_not = head_recipe(head_dir, head.clf)
+    assert why_not == "" and recipe.cross_validated and recipe.clf == "logreg"
+    splits = file_splits(BuildConfig(head_dir=head_dir, out_dir=str(tmp_path / "unused")), head)
+    refit = refit_head(backbone, head, recipe, splits.root, splits.train, torch.device("cpu"))
+    assert refit.train_images == 24 and refit.C == reference.extra["C"] == refit.head.extra["C"]
+    np.testing.assert_allclose(refit.head.W, reference.W, rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(refit.head.b, reference.b, rtol=1e-3, atol=1e-6)
+    assert not np.allclose(refit.head.W, head.W)  # it is not the 64-px head handed back
+
+
+def test_fuse_refits_the_head_at_an_asked_size_and_keeps_it_only_when_it_scores_as_well(sized_pipeline, tmp_path):
+    data, head = sized_pipeline
+    out, plain = str(tmp_path / "refit"), str(tmp_path / "plain")
+    r = run_cli("-m pipeline.fuse", "--head", head, "--out", out, "--input-size", "96", "--no-onnx")
+    assert r.returncode == 0, r.stderr
+    choice = json.load(open(os.path.join(out, "model.json")))["input_size_choice"]
+    fed, refitted, C = choice["val_accuracy"]["96"], choice["val_accuracy_refit"]["96"], choice["refit_C"]["96"]
+    assert f"96 px {fed:.4f} (refitted {refitted:.4f})" in r.stdout
+    kept = refitted >= fed
+    assert choice["head"] == ("refitted" if kept else "as fused")
+    assert choice["refit_train_images"] == (24 if kept else None)
+    assert (f"head refitted at 96 px on 24 training images (C={C:g}), as logreg was fitted at 64 px: logits equal "
+            "head(features)" in r.stdout) == kept
+    r = run_cli("-m pipeline.fuse", "--head", head, "--out", plain, "--input-size", "96", "--no-refit-head",
+                "--no-onnx", "--quiet")
+    assert r.returncode == 0, r.stderr
+    plain_choice = json.load(open(os.path.join(plain, "model.json")))["input_size_choice"]
+    assert plain_choice["head"] == "as fused" and plain_choice["val_accuracy_refit"] == {}
+    assert plain_choice["val_accuracy"]["96"] == fed
+    # Each exported model scores, on the image files, what was measured for the head it holds.
+    assert _val_accuracy(plain, data) == pytest.approx(fed)
+    assert _val_accuracy(out, data) == pytest.approx(refitted if kept else fed)
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"mode": "streaming"}, "fitted by streaming"),
+    ({"init": "imagenet"}, "initialised from --init imagenet"),
+    ({"exclude": {"excluded": 2}}, "--exclude"),
+    ({"augmented_views_used": True}, "augmented views"),
+    (None, "report.json is missing"),
+])
+def test_a_head_whose_fit_cannot_be_repeated_is_not_refitted_and_says_why(sized_pipeline, tmp_path, change, said):
+    import shutil
+
+    from pipeline.refit import head_recipe
+
+    _, head = sized_pipeline
+    copy = str(tmp_path / "copy")
+    shutil.copytree(head, copy)
+    report_path = os.path.join(copy, "report.json")
+    if change is None:
+        os.remove(report_path)
+    else:
+        report = json.load(open(report_path))
+        report.update(change)
+        json.dump(report, open(report_path, "w"))
+    recipe, why_not = head_recipe(copy, "logreg")
+    assert recipe is None and said in why_not
+    out = str(tmp_path / "model")
+    r = run_cli("-m pipeline.fuse", "--head", copy, "--out", out, "--input-size", "96", "--no-onnx")
+    assert r.returncode == 0, r.stderr
+    assert f"the head is not refitted at other input sizes: {why_not}" in r.stdout
+    choice = json.load(open(os.path.join(out, "model.json")))["input_size_choice"]
+    assert choice["head"] == "as fused" and choice["refit_C"] == {} and "96" in choice["val_accuracy"]

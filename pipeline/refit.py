@@ -1,0 +1,206 @@
+"""Refit the head on features at the exported model's input size.
+
+A head fitted on 224-px features and fed the features of 288-px inputs sees features a
+little off the ones it was fitted on: the apparent object size changed. Touvron et al.
+("Fixing the train-test resolution discrepancy", 2019) fine-tune the classifier at the
+test resolution for that reason. Here the head is refitted the way ``run_head.py`` fitted
+it (same classifier, same C rule), on the training images' features at the new side
+through the kept network; :mod:`pipeline.input_size` scores it on val beside the head as
+fused.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from features.backbones import Backbone
+from features.folding import fold_batchnorm
+from features.hooks import capture_features
+from pipeline.affine import AffineHead
+from pipeline.filenames import HEAD_REPORT
+from pipeline.head_maths import HeadTrainingError
+from pipeline.finetune import eval_loader
+from pipeline.heads import C_parameter, affine_of, choose_C, make_estimator, single_blas_thread, sweep_jobs
+
+
+@dataclass
+class HeadRecipe:
+    """How ``run_head.py`` fitted a head, as its report records it."""
+
+    clf: str
+    C: float
+    cross_validated: bool
+    folds: int
+    class_weight: str | None
+    seed: int
+    epochs: int
+
+
+@dataclass
+class Refit:
+    """A head refitted at another input side."""
+
+    head: AffineHead  # ``W`` and ``b`` for raw features at that side
+    C: float
+    train_images: int
+
+
+def head_recipe(head_dir: str, clf: str) -> tuple[HeadRecipe | None, str]:
+    """The head's fitting recipe, or ``None`` and why it cannot be repeated on other features.
+
+    Parameters
+    ----------
+    head_dir : str
+        HEAD_DIR written by ``run_head.py``.
+    clf : str
+        The head's classifier as its metadata names it (``logreg``, ``svm``, ``linear``).
+
+    Returns
+    -------
+    recipe : HeadRecipe or None
+    why_not : str
+        Empty when a recipe is returned.
+    """
+    path = os.path.join(head_dir, HEAD_REPORT)
+    if not os.path.exists(path):
+        return None, f"{HEAD_REPORT} is missing from the head folder, so how it was fitted is unknown"
+    with open(path, encoding="utf-8") as fh:
+        report = json.load(fh)
+    if report.get("mode") != "in-memory":
+        return None, "the head was fitted by streaming; refit it with run_head.py on features extracted at this size"
+    if report.get("init", "none") != "none":
+        return None, f"the head was initialised from --init {report['init']}, which is fixed at the extraction size"
+    if report.get("exclude"):
+        return None, "the head left out rows listed by --exclude"
+    if report.get("augmented_views_used"):
+        return None, "the head was fitted on augmented views, and the refit sees centre crops only"
+    cross_validated = str(report.get("C_selection", "")).startswith("cross-validation")
+    return HeadRecipe(clf=clf, C=float(report["C"]), cross_validated=cross_validated,
+                      folds=int(report.get("cv_folds") or 5), class_weight=report.get("class_weight"),
+                      seed=int(report.get("seed", 0)), epochs=int(report.get("epochs") or 100)), ""
+
+
+def features_and_logits(backbone: Backbone, root: str, items: list[tuple[str, int]], device: torch.device,
+                        workers: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pooled features, the model's logits and the labels of the readable images of ``items``.
+
+    The network runs as exported: BatchNorm folded, fp32, centre crops at
+    ``backbone.preprocessing``'s side.
+
+    Parameters
+    ----------
+    backbone : Backbone
+        The fused (perhaps fine-tuned) model at the side to score.
+    root : str
+        Image root the paths of ``items`` are relative to.
+    items : list of (str, int)
+        ``(path, label)`` pairs.
+    device : torch.device
+    workers : int
+        DataLoader decode workers.
+
+    Returns
+    -------
+    features : ndarray, shape (n, dim)
+    logits : ndarray, shape (n, classes)
+    labels : ndarray, shape (n,)
+    """
+    spec = backbone.spec
+    model, folded = fold_batchnorm(backbone.model.to(device).eval(), (spec.feature_module, spec.classifier_slot))
+    if not folded:  # the same module came back: convert a copy, never the caller's model
+        model = copy.deepcopy(model)
+    model = model.to(memory_format=torch.channels_last)
+    features, logits, labels = [], [], []
+    with torch.inference_mode(), capture_features(model, spec) as capture:
+        for batch in eval_loader(root, items, backbone.preprocessing, workers, batch_size=32):
+            if batch is None:
+                continue
+            x, y = batch
+            logits.append(model(x.to(device).contiguous(memory_format=torch.channels_last)).float().cpu())
+            features.append(capture.pop().float().cpu())
+            labels.append(y)
+    if not labels:
+        return np.zeros((0, backbone.feature_dim)), np.zeros((0, 0)), np.zeros(0, dtype=np.int64)
+    return torch.cat(features).numpy(), torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def fit_like(recipe: HeadRecipe, X: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Fit a head on ``X, y`` the way ``recipe`` says; returns its raw-feature ``W``, ``b`` and its C.
+
+    Parameters
+    ----------
+    recipe : HeadRecipe
+    X : ndarray, shape (n, dim)
+        One row per training image (centre crops).
+    y : ndarray, shape (n,)
+    n_classes : int
+
+    Returns
+    -------
+    W : ndarray, shape (n_classes, dim)
+    b : ndarray, shape (n_classes,)
+    C : float
+        The recipe's C, or the one cross-validation chose on ``X``.
+
+    Raises
+    ------
+    pipeline.head_maths.HeadTrainingError
+        Too few images per class for the folds.
+    """
+    estimator = make_estimator(recipe.clf, recipe.C, recipe.class_weight, recipe.seed, epochs=recipe.epochs)
+    C = recipe.C
+    if recipe.cross_validated:
+        rows = np.arange(len(y))
+        C = choose_C(estimator, X, y, rows, np.ones(len(y), dtype=bool), recipe.folds, recipe.seed,
+                     sweep_jobs(None, *X.shape)).C
+        estimator.set_params(**{C_parameter(estimator): C})
+    with single_blas_thread():
+        estimator.fit(X, y)
+    W, b = affine_of(estimator, n_classes)
+    return W, b, C
+
+
+def refit_head(backbone: Backbone, head: AffineHead, recipe: HeadRecipe, root: str, train: list[tuple[str, int]],
+               device: torch.device, workers: int = 0) -> Refit:
+    """Refit the head on the training images' features at ``backbone``'s side.
+
+    Parameters
+    ----------
+    backbone : Backbone
+        The fused (perhaps fine-tuned) model at the side to refit at; not changed.
+    head : AffineHead
+        The head that was fused (its classes and identity carry over).
+    recipe : HeadRecipe
+        How the head was fitted (:func:`head_recipe`).
+    root : str
+        Image root of ``train``.
+    train : list of (str, int)
+        The feature file's training images.
+    device : torch.device
+    workers : int
+        DataLoader decode workers.
+
+    Returns
+    -------
+    Refit
+
+    Raises
+    ------
+    pipeline.head_maths.HeadTrainingError
+        The readable training images cannot be fitted the way the recipe says.
+    """
+    X, _, y = features_and_logits(backbone, root, train, device, workers)
+    size = backbone.preprocessing.crop_size
+    try:
+        if len(np.unique(y)) < 2:
+            raise HeadTrainingError("fewer than two classes among the readable training images")
+        W, b, C = fit_like(recipe, X, y, len(head.classes))
+    except HeadTrainingError as exc:
+        raise HeadTrainingError(f"cannot refit the head at {size} px: {exc} (--no-refit-head skips the refit)") from None
+    return Refit(AffineHead(W, b, head.classes, head.feature_identity, head.clf, dict(head.extra, C=C)), C, len(y))
