@@ -88,11 +88,11 @@ def parse_crop_scale(text: str) -> tuple[float, float] | None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted fine-tune from MODEL_DIR/checkpoint.pt.")
 @click.option("--input-size", default="auto", show_default=True, callback=auto_or_input_size,
               help="Input side of the exported model; auto: the extraction size or 8/7 or 9/7 of it (256 and 288 for "
-                   "224), whichever scores best on the val split (a larger input often pays for photos: see the "
-                   "README); N: that side.")
+                   "224), whichever scores best on the val split, each larger side with the better of the fused and "
+                   "the refitted head (a larger input often pays for photos: see the README); N: that side.")
 @click.option("--refit-head/--no-refit-head", default=True, show_default=True,
-              help="At an input size other than the extraction's, refit the head the way run_head.py fitted it on the "
-                   "training images' features at that size, and keep it where it scores at least as well on val.")
+              help="At input sizes other than the extraction's, also refit the head the way run_head.py fitted it, on "
+                   "the training images' features at that size; it is kept where it scores at least as well on val.")
 @click.option("--onnx/--no-onnx", default=None,
               help="Also export model.onnx, checked with onnxruntime (adds about 10 s for efficientnet_lite0 on 2 "
                    "cores) [default: when the onnx extra is installed].")
