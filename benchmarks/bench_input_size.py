@@ -41,8 +41,9 @@ def section_input_size(out_dir: str, quick: bool) -> list[str]:
              f"A fused model takes any input size. Here a logreg head fitted on the {EXTRACTION_SIZE}-px features "
              f"(C by 5-fold CV) scores the features of the same val images at {', '.join(map(str, SIZES[1:]))} px: "
              "what the fused head computes when fed larger inputs, with nothing refitted (fed). Beside it, a logreg "
-             "head fitted the same way on the training images' features at each side (refitted), which is what "
-             "the fuse command's refit does. The dataset's own split, and "
+             "head fitted the same way on the training images' features at each side (refitted): what the fuse "
+             "command's refit does, from these feature files (extracted with `--precision auto`) where the fuse "
+             "command computes them in fp32 through the exported network. The dataset's own split, and "
              f"{seeds} stratified resplits of every labeled image (the same ones for every column), heads fitted on "
              "each resplit's train rows (`benchmarks/size_evidence.py --head-from-first`, and without it).", "",
              f"| dataset | input size | head | own split val acc | mean resplit val acc | vs {EXTRACTION_SIZE}, "

@@ -175,6 +175,7 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
     if size_choice.size != size_choice.extraction_size:
         backbone = at_size(backbone, size_choice.size)
         check = _check_batch(splits, backbone.preprocessing, cfg.check_images)
+    backbone.model.cpu().eval()
     if size_choice.refit is not None:
         refit = size_choice.refit
         fuse_head(backbone, refit.head)
@@ -182,7 +183,6 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
         log(f"head refitted at {size_choice.size} px on {refit.train_images} training images (C={refit.C:g}), as "
             f"{head.clf} was fitted at {size_choice.extraction_size} px: logits equal head(features) on "
             f"{len(check)} real images (max abs diff {refit_diff:.2e})")
-    backbone.model.cpu().eval()
     inference, folded = fold_batchnorm(backbone.model, (backbone.spec.classifier_slot,))
     if folded:
         fold_diff = same_logits("BatchNorm folding", backbone.model, inference, check)
@@ -235,6 +235,8 @@ def _input_size(cfg: BuildConfig, backbone: Backbone, head: AffineHead, splits: 
     workers = cfg.finetune.workers if cfg.finetune else 0
     choice = choose_input_size(backbone, splits.root, splits.val, device, workers,
                                _refit_plan(cfg, head, splits, log), asked)
+    for note in choice.notes:
+        log(note)
     if asked is not None:
         log(f"input size {asked} px (--input-size), the features were extracted at {own} px"
             + (f" (val accuracy {_scores(choice)})" if choice.accuracies else ""))
@@ -251,7 +253,7 @@ def _refit_plan(cfg: BuildConfig, head: AffineHead, splits: FileSplits, log: Cal
     """How to refit the head at other sides, or ``None`` (said why) where it cannot be."""
     if not cfg.refit_head:
         return None
-    recipe, why_not = head_recipe(cfg.head_dir, head.clf.partition("-")[0])
+    recipe, why_not = head_recipe(cfg.head_dir, head.clf)
     if recipe is None or not splits.train:
         log(f"the head is not refitted at other input sizes: {why_not or 'the feature file has no training split'}")
         return None

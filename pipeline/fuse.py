@@ -92,7 +92,7 @@ def parse_crop_scale(text: str) -> tuple[float, float] | None:
                    "the refitted head (a larger input often pays for photos: see the README); N: that side.")
 @click.option("--refit-head/--no-refit-head", default=True, show_default=True,
               help="At input sizes other than the extraction's, also refit the head the way run_head.py fitted it, on "
-                   "the training images' features at that size; it is kept where it scores at least as well on val.")
+                   "the training images' features at that size; it is kept unless it scores worse on val.")
 @click.option("--onnx/--no-onnx", default=None,
               help="Also export model.onnx, checked with onnxruntime (adds about 10 s for efficientnet_lite0 on 2 "
                    "cores) [default: when the onnx extra is installed].")

@@ -6,6 +6,7 @@ space, with the feature scaler folded in.
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -328,6 +329,41 @@ def choose_C(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, groups: np.
                      f"[{grid[0]:.3g}, {grid[-1]:.3g}]; a fixed --C beyond it may fit better")
     oof = _out_of_fold_scores(clone(estimator).set_params(**{param: chosen}), X, y, splits, n_jobs) if keep_scores else None
     return CVResult(chosen, best, k, curve, notes, oof)
+
+
+def fit_head(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, clean: np.ndarray,
+             cross_validate_C: bool, folds: int, seed: int, n_jobs: int) -> tuple[CVResult | None, float]:
+    """Fit ``estimator`` on every row, at its own C or at the one :func:`choose_C` picks.
+
+    What ``run_head.py`` does with the training rows, in one place, so that a head refitted
+    on other features (:mod:`pipeline.refit`) is fitted the same way.
+
+    Parameters
+    ----------
+    estimator : BaseEstimator
+        An unfitted head (:func:`make_estimator`); fitted in place.
+    X, y, groups, clean : ndarray
+        As for :func:`choose_C`.
+    cross_validate_C : bool
+        Choose C by :func:`choose_C` first; otherwise keep the estimator's C.
+    folds, seed, n_jobs : int
+        As for :func:`choose_C`.
+
+    Returns
+    -------
+    cv : CVResult or None
+        The sweep (None for a fixed C).
+    fit_seconds : float
+        The final fit's time, without the sweep.
+    """
+    cv = None
+    if cross_validate_C:
+        cv = choose_C(estimator, X, y, groups, clean, folds, seed, n_jobs)
+        estimator.set_params(**{C_parameter(estimator): cv.C})
+    started = time.perf_counter()
+    with single_blas_thread():
+        estimator.fit(X, y)
+    return cv, time.perf_counter() - started
 
 
 def _out_of_fold_scores(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray,

@@ -29,7 +29,8 @@ from torch import nn
 
 from features.backbones import Backbone, feature_dim_at_size
 from pipeline.affine import AffineHead
-from pipeline.refit import HeadRecipe, Refit, features_and_logits, refit_head
+from pipeline.head_maths import HeadTrainingError
+from pipeline.refit import HeadRecipe, Refit, features_and_logits, inference_model, refit_head
 
 # 224 -> 256 and 288: the range where the published gains for 224-px training lie.
 SIZE_FACTORS = (8 / 7, 9 / 7)
@@ -57,6 +58,7 @@ class SizeChoice:
     refit_accuracies: dict[int, float | None] = field(default_factory=dict)  # the head refitted at each larger side
     refits: dict[int, Refit] = field(default_factory=dict)
     refit_kept: bool = False  # the head refitted at ``size`` replaces the fused one
+    notes: list[str] = field(default_factory=list)  # what the refits had to say
 
     @property
     def refit(self) -> Refit | None:
@@ -189,13 +191,19 @@ def choose_input_size(backbone: Backbone, root: str, val_items: list[tuple[str, 
     choice = SizeChoice(own, own, {}, "asked" if asked else "auto")
     for size in sizes:
         sized = at_size(backbone, size)
-        with _full_fp32():  # scored as exported: BatchNorm folded, fp32 (no TF32 on CUDA)
+        model = inference_model(sized, device)  # scored as exported: BatchNorm folded, fp32 (no TF32 on CUDA)
+        with _full_fp32():
             if val_items:
-                X_val, logits, y_val = features_and_logits(sized, root, val_items, device, workers)
+                X_val, logits, y_val = features_and_logits(model, sized, root, val_items, device, workers)
                 choice.accuracies[size] = float(np.mean(logits.argmax(1) == y_val)) if len(y_val) else None
             if refit is not None and size != own:
-                refitted = refit_head(sized, refit.head, refit.recipe, root, refit.train, device, workers)
+                try:
+                    refitted = refit_head(model, sized, refit.head, refit.recipe, root, refit.train, device, workers)
+                except HeadTrainingError as exc:  # this side is scored with the fused head alone
+                    choice.notes.append(f"warning: {exc}; the head as fused is scored there")
+                    continue
                 choice.refits[size] = refitted
+                choice.notes += [f"refit at {size} px: {note}" for note in refitted.notes]
                 if val_items:
                     choice.refit_accuracies[size] = (float(np.mean(refitted.head.logits(X_val).argmax(1) == y_val))
                                                      if len(y_val) else None)

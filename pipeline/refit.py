@@ -14,19 +14,20 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
 from features.backbones import Backbone
 from features.folding import fold_batchnorm
 from features.hooks import capture_features
 from pipeline.affine import AffineHead
 from pipeline.filenames import HEAD_REPORT
-from pipeline.head_maths import HeadTrainingError
 from pipeline.finetune import eval_loader
-from pipeline.heads import C_parameter, affine_of, choose_C, make_estimator, single_blas_thread, sweep_jobs
+from pipeline.head_maths import HeadTrainingError, check_classes, check_finite
+from pipeline.heads import affine_of, fit_head, make_estimator, sweep_jobs
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Refit:
     head: AffineHead  # ``W`` and ``b`` for raw features at that side
     C: float
     train_images: int
+    notes: list[str] = field(default_factory=list)  # the C sweep's warnings
 
 
 def head_recipe(head_dir: str, clf: str) -> tuple[HeadRecipe | None, str]:
@@ -70,10 +72,16 @@ def head_recipe(head_dir: str, clf: str) -> tuple[HeadRecipe | None, str]:
     path = os.path.join(head_dir, HEAD_REPORT)
     if not os.path.exists(path):
         return None, f"{HEAD_REPORT} is missing from the head folder, so how it was fitted is unknown"
-    with open(path, encoding="utf-8") as fh:
-        report = json.load(fh)
-    if report.get("mode") != "in-memory":
+    try:
+        with open(path, encoding="utf-8") as fh:
+            report = json.load(fh)
+        mode, C = report.get("mode"), float(report["C"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None, f"{HEAD_REPORT} in the head folder cannot be read as run_head.py writes it"
+    if mode == "streaming":
         return None, "the head was fitted by streaming; refit it with run_head.py on features extracted at this size"
+    if mode != "in-memory":
+        return None, f"{HEAD_REPORT} does not say how the head was fitted"
     if report.get("init", "none") != "none":
         return None, f"the head was initialised from --init {report['init']}, which is fixed at the extraction size"
     if report.get("exclude"):
@@ -81,22 +89,34 @@ def head_recipe(head_dir: str, clf: str) -> tuple[HeadRecipe | None, str]:
     if report.get("augmented_views_used"):
         return None, "the head was fitted on augmented views, and the refit sees centre crops only"
     cross_validated = str(report.get("C_selection", "")).startswith("cross-validation")
-    return HeadRecipe(clf=clf, C=float(report["C"]), cross_validated=cross_validated,
-                      folds=int(report.get("cv_folds") or 5), class_weight=report.get("class_weight"),
-                      seed=int(report.get("seed", 0)), epochs=int(report.get("epochs") or 100)), ""
+    return HeadRecipe(clf=clf, C=C, cross_validated=cross_validated, folds=int(report.get("cv_folds") or 5),
+                      class_weight=report.get("class_weight"), seed=int(report.get("seed", 0)),
+                      epochs=int(report.get("epochs") or 100)), ""
 
 
-def features_and_logits(backbone: Backbone, root: str, items: list[tuple[str, int]], device: torch.device,
-                        workers: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def inference_model(backbone: Backbone, device: torch.device) -> nn.Module:
+    """A copy of ``backbone.model`` as it is exported: BatchNorm folded, eval mode, channels-last, on ``device``.
+
+    The feature module and the classifier slot stay submodules, so the feature hook
+    works on it. ``backbone.model`` itself is not changed (it must be in eval mode).
+    """
+    spec = backbone.spec
+    model, folded = fold_batchnorm(backbone.model, (spec.feature_module, spec.classifier_slot))
+    if not folded:  # the same module came back: convert a copy, never the caller's model
+        model = copy.deepcopy(model)
+    return model.to(device).to(memory_format=torch.channels_last).eval()
+
+
+def features_and_logits(model: nn.Module, backbone: Backbone, root: str, items: list[tuple[str, int]],
+                        device: torch.device, workers: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pooled features, the model's logits and the labels of the readable images of ``items``.
-
-    The network runs as exported: BatchNorm folded, fp32, centre crops at
-    ``backbone.preprocessing``'s side.
 
     Parameters
     ----------
+    model : nn.Module
+        :func:`inference_model` of ``backbone``.
     backbone : Backbone
-        The fused (perhaps fine-tuned) model at the side to score.
+        Gives the feature module and the preprocessing (centre crops at its side).
     root : str
         Image root the paths of ``items`` are relative to.
     items : list of (str, int)
@@ -111,13 +131,8 @@ def features_and_logits(backbone: Backbone, root: str, items: list[tuple[str, in
     logits : ndarray, shape (n, classes)
     labels : ndarray, shape (n,)
     """
-    spec = backbone.spec
-    model, folded = fold_batchnorm(backbone.model.to(device).eval(), (spec.feature_module, spec.classifier_slot))
-    if not folded:  # the same module came back: convert a copy, never the caller's model
-        model = copy.deepcopy(model)
-    model = model.to(memory_format=torch.channels_last)
     features, logits, labels = [], [], []
-    with torch.inference_mode(), capture_features(model, spec) as capture:
+    with torch.inference_mode(), capture_features(model, backbone.spec) as capture:
         for batch in eval_loader(root, items, backbone.preprocessing, workers, batch_size=32):
             if batch is None:
                 continue
@@ -130,50 +145,16 @@ def features_and_logits(backbone: Backbone, root: str, items: list[tuple[str, in
     return torch.cat(features).numpy(), torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
 
-def fit_like(recipe: HeadRecipe, X: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Fit a head on ``X, y`` the way ``recipe`` says; returns its raw-feature ``W``, ``b`` and its C.
-
-    Parameters
-    ----------
-    recipe : HeadRecipe
-    X : ndarray, shape (n, dim)
-        One row per training image (centre crops).
-    y : ndarray, shape (n,)
-    n_classes : int
-
-    Returns
-    -------
-    W : ndarray, shape (n_classes, dim)
-    b : ndarray, shape (n_classes,)
-    C : float
-        The recipe's C, or the one cross-validation chose on ``X``.
-
-    Raises
-    ------
-    pipeline.head_maths.HeadTrainingError
-        Too few images per class for the folds.
-    """
-    estimator = make_estimator(recipe.clf, recipe.C, recipe.class_weight, recipe.seed, epochs=recipe.epochs)
-    C = recipe.C
-    if recipe.cross_validated:
-        rows = np.arange(len(y))
-        C = choose_C(estimator, X, y, rows, np.ones(len(y), dtype=bool), recipe.folds, recipe.seed,
-                     sweep_jobs(None, *X.shape)).C
-        estimator.set_params(**{C_parameter(estimator): C})
-    with single_blas_thread():
-        estimator.fit(X, y)
-    W, b = affine_of(estimator, n_classes)
-    return W, b, C
-
-
-def refit_head(backbone: Backbone, head: AffineHead, recipe: HeadRecipe, root: str, train: list[tuple[str, int]],
-               device: torch.device, workers: int = 0) -> Refit:
+def refit_head(model: nn.Module, backbone: Backbone, head: AffineHead, recipe: HeadRecipe, root: str,
+               train: list[tuple[str, int]], device: torch.device, workers: int = 0) -> Refit:
     """Refit the head on the training images' features at ``backbone``'s side.
 
     Parameters
     ----------
+    model : nn.Module
+        :func:`inference_model` of ``backbone``: the fused (perhaps fine-tuned) network at
+        the side to refit at.
     backbone : Backbone
-        The fused (perhaps fine-tuned) model at the side to refit at; not changed.
     head : AffineHead
         The head that was fused (its classes and identity carry over).
     recipe : HeadRecipe
@@ -193,14 +174,20 @@ def refit_head(backbone: Backbone, head: AffineHead, recipe: HeadRecipe, root: s
     Raises
     ------
     pipeline.head_maths.HeadTrainingError
-        The readable training images cannot be fitted the way the recipe says.
+        The readable training images cannot be fitted the way the recipe says (a class
+        without a readable image, too few images for the folds, non-finite features).
     """
-    X, _, y = features_and_logits(backbone, root, train, device, workers)
+    X, _, y = features_and_logits(model, backbone, root, train, device, workers)
     size = backbone.preprocessing.crop_size
+    estimator = make_estimator(recipe.clf, recipe.C, recipe.class_weight, recipe.seed, epochs=recipe.epochs)
     try:
-        if len(np.unique(y)) < 2:
-            raise HeadTrainingError("fewer than two classes among the readable training images")
-        W, b, C = fit_like(recipe, X, y, len(head.classes))
+        check_finite(X, f"the training features at {size} px")
+        check_classes(np.bincount(y, minlength=len(head.classes)), head.classes, "train")
+        cv, _ = fit_head(estimator, X, y, np.arange(len(y)), np.ones(len(y), dtype=bool), recipe.cross_validated,
+                         recipe.folds, recipe.seed, sweep_jobs(None, *X.shape))
     except HeadTrainingError as exc:
-        raise HeadTrainingError(f"cannot refit the head at {size} px: {exc} (--no-refit-head skips the refit)") from None
-    return Refit(AffineHead(W, b, head.classes, head.feature_identity, head.clf, dict(head.extra, C=C)), C, len(y))
+        raise HeadTrainingError(f"cannot refit the head at {size} px: {exc}") from None
+    W, b = affine_of(estimator, len(head.classes))
+    C = cv.C if cv is not None else recipe.C
+    return Refit(AffineHead(W, b, head.classes, head.feature_identity, head.clf, dict(head.extra, C=C)), C, len(y),
+                 cv.warnings if cv is not None else [])

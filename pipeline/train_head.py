@@ -21,7 +21,7 @@ from pipeline.artefacts import staged_folder
 from pipeline.file_splits import unlabeled_splits
 from pipeline.filenames import CONFUSION_PNG, HEAD_ARRAYS, HEAD_ESTIMATOR, HEAD_META, HEAD_REPORT
 from pipeline.head_maths import HeadTrainingError, check_classes, check_finite
-from pipeline.heads import C_parameter, affine_of, choose_C, make_estimator, single_blas_thread, sweep_jobs
+from pipeline.heads import affine_of, fit_head, make_estimator, sweep_jobs
 from pipeline.metrics import classification_report, format_report, save_confusion_png
 from pipeline.streaming import (MINIBATCH, STREAMING_C_GRID, PeakMemory, RowStream, chunk_rows_for, default_max_memory,
                                 fit_streaming, human_bytes, load_torch, matrix_bytes)
@@ -276,16 +276,11 @@ def _fit_in_memory(cfg: HeadConfig, ff: FeatureFile, plan: _Plan, init, notes: l
     estimator = make_estimator(cfg.clf, 1.0 if cfg.C == "auto" else float(cfg.C), cfg.class_weight, cfg.seed,
                                cfg.kernel, cfg.epochs, init)
     clean = train.view == 0
-    cv = None
-    if cfg.C == "auto":
-        cv = choose_C(estimator, train.features, train.labels, train.image_index, clean, cfg.cv, cfg.seed,
-                      sweep_jobs(cfg.n_jobs, *train.features.shape))
+    # every class has training rows (checked above)
+    cv, fit_seconds = fit_head(estimator, train.features, train.labels, train.image_index, clean, cfg.C == "auto",
+                               cfg.cv, cfg.seed, sweep_jobs(cfg.n_jobs, *train.features.shape))
+    if cv is not None:
         notes += cv.warnings
-        estimator.set_params(**{C_parameter(estimator): cv.C})
-    fit_started = time.perf_counter()
-    with single_blas_thread():
-        estimator.fit(train.features, train.labels)  # every class has training rows (checked above)
-    fit_seconds = time.perf_counter() - fit_started
     splits = {}
     for name in plan.evaluated:
         data = ff.read_split(name).clean()

@@ -170,31 +170,59 @@ def _fused_at(head_dir: str, size: int):
     return at_size(backbone, size), head
 
 
-def test_the_refit_fits_the_head_as_run_head_fits_features_extracted_at_that_size(sized_pipeline, tmp_path):
-    """Refitting the 64-px head at 96 px gives the head run_head.py fits on features run_extract.py makes at 96 px:
-    the same C from the same cross-validation, and the same weights."""
+@pytest.mark.parametrize("head_options", [
+    {"clf": "logreg"},  # C by cross-validation
+    {"clf": "svm", "C": 0.05, "class_weight": "balanced"},  # a fixed C
+], ids=["logreg-cv", "svm-fixed-C"])
+def test_the_refit_fits_the_head_as_run_head_fits_features_extracted_at_that_size(tmp_path, head_options):
+    """Refitting a 64-px head at 96 px gives the head run_head.py fits, with the same options, on features
+    run_extract.py makes at 96 px: the same C and the same weights (three classes, unbalanced)."""
     from features.extract import ExtractConfig, extract
     from pipeline.affine import load_affine
     from pipeline.build_model import BuildConfig, file_splits
-    from pipeline.refit import head_recipe, refit_head
+    from pipeline.refit import head_recipe, inference_model, refit_head
     from pipeline.train_head import HeadConfig, train_head
 
-    data, head_dir = sized_pipeline
-    feats96, head96 = str(tmp_path / "f96.h5"), str(tmp_path / "head96")
-    extract(ExtractConfig(data_root=data, out_path=feats96, backbone="tiny_cnn", weights="none", precision="fp32",
-                          image_size=96, progress=False))
-    train_head(HeadConfig(feats96, head96, clf="logreg", n_jobs=1))
-    reference = load_affine(head96)
+    data = make_imagefolder(str(tmp_path / "data"), {"train": {"ants": 12, "bees": 9, "wasps": 7},
+                                                      "val": {"ants": 4, "bees": 4, "wasps": 4}})
+    heads = {}
+    for size in (64, 96):
+        feats = str(tmp_path / f"f{size}.h5")
+        extract(ExtractConfig(data_root=data, out_path=feats, backbone="tiny_cnn", weights="none", precision="fp32",
+                              image_size=size, progress=False))
+        heads[size] = str(tmp_path / f"head{size}")
+        train_head(HeadConfig(feats, heads[size], n_jobs=1, **head_options))
+    reference = load_affine(heads[96])
 
-    backbone, head = _fused_at(head_dir, 96)
-    recipe, why_not = head_recipe(head_dir, head.clf)
-    assert why_not == "" and recipe.cross_validated and recipe.clf == "logreg"
-    splits = file_splits(BuildConfig(head_dir=head_dir, out_dir=str(tmp_path / "unused")), head)
-    refit = refit_head(backbone, head, recipe, splits.root, splits.train, torch.device("cpu"))
-    assert refit.train_images == 24 and refit.C == reference.extra["C"] == refit.head.extra["C"]
+    backbone, head = _fused_at(heads[64], 96)
+    recipe, why_not = head_recipe(heads[64], head.clf)
+    assert why_not == "" and recipe.cross_validated == ("C" not in head_options)
+    assert (recipe.clf, recipe.class_weight) == (head_options["clf"], head_options.get("class_weight"))
+    splits = file_splits(BuildConfig(head_dir=heads[64], out_dir=str(tmp_path / "unused")), head)
+    cpu = torch.device("cpu")
+    refit = refit_head(inference_model(backbone, cpu), backbone, head, recipe, splits.root, splits.train, cpu)
+    assert refit.train_images == 28 and refit.C == reference.extra["C"] == refit.head.extra["C"]
+    assert refit.head.W.shape == head.W.shape == (3, backbone.feature_dim)
     np.testing.assert_allclose(refit.head.W, reference.W, rtol=1e-3, atol=1e-6)
     np.testing.assert_allclose(refit.head.b, reference.b, rtol=1e-3, atol=1e-6)
     assert not np.allclose(refit.head.W, head.W)  # it is not the 64-px head handed back
+
+
+def test_a_side_where_the_refit_fails_is_scored_with_the_fused_head(sized_pipeline, tmp_path):
+    """A class whose training images can no longer be read cannot be refitted: the command says so and goes on."""
+    import glob
+
+    data, head = sized_pipeline  # this test's own copy of the images
+    for path in glob.glob(os.path.join(data, "train", "bees", "*")):
+        with open(path, "wb") as fh:
+            fh.write(b"not an image")
+    out = str(tmp_path / "model")
+    r = run_cli("-m pipeline.fuse", "--head", head, "--out", out, "--no-onnx")
+    assert r.returncode == 0, r.stderr
+    assert ("warning: cannot refit the head at 96 px: split 'train' has a single class (ants); a classifier needs two "
+            "or more; the head as fused is scored there") in r.stdout
+    choice = json.load(open(os.path.join(out, "model.json")))["input_size_choice"]
+    assert choice["head"] == "as fused" and choice["val_accuracy_refit"] == {} and "96" in choice["val_accuracy"]
 
 
 def test_fuse_refits_the_head_at_an_asked_size_and_keeps_it_only_when_it_scores_as_well(sized_pipeline, tmp_path):
@@ -226,6 +254,8 @@ def test_fuse_refits_the_head_at_an_asked_size_and_keeps_it_only_when_it_scores_
     ({"init": "imagenet"}, "initialised from --init imagenet"),
     ({"exclude": {"excluded": 2}}, "--exclude"),
     ({"augmented_views_used": True}, "augmented views"),
+    ({"mode": None}, "does not say how the head was fitted"),
+    ({"C": "many"}, "cannot be read as run_head.py writes it"),
     (None, "report.json is missing"),
 ])
 def test_a_head_whose_fit_cannot_be_repeated_is_not_refitted_and_says_why(sized_pipeline, tmp_path, change, said):
