@@ -17,7 +17,7 @@ import numpy as np
 
 from features.hashing import sha256_file
 from features.identity import FeatureIdentity
-from pipeline.filenames import HEAD_ARRAYS, HEAD_ESTIMATOR, HEAD_META
+from pipeline.filenames import HEAD_ARRAYS, HEAD_ESTIMATOR, HEAD_META, HEAD_REPORT
 
 HEAD_FORMAT = "tlcache.head"
 HEAD_FORMAT_VERSION = 2  # 2 adds estimator_sha256
@@ -105,6 +105,27 @@ def write_head_meta(head_dir: str, meta: HeadMeta) -> None:
               "arrays_sha256": meta.arrays_sha256, "estimator_sha256": meta.estimator_sha256, "extra": meta.extra}
     with open(os.path.join(head_dir, HEAD_META), "w", encoding="utf-8") as fh:
         json.dump(record, fh, indent=2, sort_keys=True)
+
+
+def read_head_report(head_dir: str) -> dict:
+    """``report.json`` of a head folder (how ``run_head.py`` fitted it), or ``{}`` where there is none.
+
+    Raises
+    ------
+    HeadError
+        The file exists but is not a JSON object.
+    """
+    path = os.path.join(head_dir, HEAD_REPORT)
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            report = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise HeadError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(report, dict):
+        raise HeadError(f"{path}: not a head report")
+    return report
 
 
 def read_head_meta(head_dir: str) -> HeadMeta:

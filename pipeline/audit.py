@@ -30,10 +30,10 @@ from sklearn.neighbors import NearestNeighbors
 
 from features.data import find_train_split
 from features.store import FeatureFile, SplitData
-from pipeline.affine import check_identity, read_head_meta
+from pipeline.affine import check_identity, read_head_meta, read_head_report
 from pipeline.audit_report import write_outputs
 from pipeline.dedup import duplicate_pairs, groups_from_pairs, unit_rows
-from pipeline.filenames import AUDIT_CSV, AUDIT_EXCLUDE, AUDIT_JSON, AUDIT_PAGE, AUDIT_THUMBS, HEAD_REPORT
+from pipeline.filenames import AUDIT_CSV, AUDIT_EXCLUDE, AUDIT_JSON, AUDIT_PAGE, AUDIT_THUMBS
 from pipeline.head_maths import HeadTrainingError, check_finite
 from pipeline.heads import C_parameter, choose_C, class_scores, make_estimator, single_blas_thread, sweep_jobs
 from pipeline.label_issues import confident_learning, neighbour_votes
@@ -115,11 +115,7 @@ def _model_from_head(head_dir: str, ff: FeatureFile, train_split: str, cfg: Audi
     extra = meta.extra
     if extra.get("train_split", train_split) != train_split:
         raise AuditError(f"{head_dir} was trained on split {extra['train_split']!r}, not {train_split!r}")
-    report = {}
-    report_path = os.path.join(head_dir, HEAD_REPORT)
-    if os.path.exists(report_path):
-        with open(report_path, encoding="utf-8") as fh:
-            report = json.load(fh)
+    report = read_head_report(head_dir)
     clf, _, kernel = meta.clf.partition("-")
     return _Model(clf, kernel or "linear", float(extra["C"]), report.get("class_weight"), int(report.get("seed", cfg.seed)),
                   report.get("init", "none"), int(report.get("epochs") or 100), head_dir)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -18,12 +17,12 @@ from features.devices import keep_freed_memory, resolve_device, resolve_precisio
 from features.folding import fold_batchnorm
 from features.preprocessing import Preprocessing
 from features.store import FeatureFile, FeatureFileError
-from pipeline.affine import AffineHead, check_identity, load_affine
+from pipeline.affine import AffineHead, check_identity, load_affine, read_head_report
 from pipeline.artefacts import staged_folder
 from pipeline.export import export_model, same_logits, write_sidecar
 from pipeline.model_meta import MODEL_FORMAT, MODEL_FORMAT_VERSION
 from pipeline.file_splits import split_images, train_and_val
-from pipeline.filenames import CHECKPOINT, HEAD_REPORT
+from pipeline.filenames import CHECKPOINT
 from pipeline.finetune import FinetuneConfig, LabelledImages, finetune
 from pipeline.learning_rate import (FAMILIARITY_THRESHOLD, FAMILIAR_LR, UNFAMILIAR_LR, RateChoice, choose_lr,
                                    format_rate)
@@ -73,11 +72,7 @@ class FileSplits:
 
 
 def _features_path(cfg: BuildConfig, head) -> str:
-    path = cfg.features_path or head.extra.get("features")
-    report = os.path.join(cfg.head_dir, HEAD_REPORT)
-    if not path and os.path.exists(report):
-        with open(report, encoding="utf-8") as fh:
-            path = json.load(fh).get("features")
+    path = cfg.features_path or head.extra.get("features") or read_head_report(cfg.head_dir).get("features")
     if not path or not os.path.exists(path):
         raise DatasetError(f"the feature file the head was trained on ({path}) is not found; pass --features FILE "
                            "(it records which images form each split)")
@@ -147,6 +142,7 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)  # refused here, before any work, when impossible
     head = load_affine(cfg.head_dir)
+    head_report = read_head_report(cfg.head_dir)
     backbone = rebuild_backbone(head.feature_identity)
     splits = file_splits(cfg, head)
     check = _check_batch(splits, backbone.preprocessing, cfg.check_images)
@@ -171,7 +167,7 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
     finetune_info = None
     if finetuning:
         finetune_info = _finetune(cfg.finetune, backbone, splits, device, precision, out_dir, log, rate)
-    size_choice = _input_size(cfg, backbone, head, splits, device, log)
+    size_choice = _input_size(cfg, backbone, head, head_report, splits, device, log)
     if size_choice.size != size_choice.extraction_size:
         backbone = at_size(backbone, size_choice.size)
         check = _check_batch(splits, backbone.preprocessing, cfg.check_images)
@@ -192,10 +188,6 @@ def _build_into(cfg: BuildConfig, out_dir: str, log) -> dict:
     for fmt, info in exports.items():
         log(f"export {fmt}: " + (f"{info['file']} matches eager (max abs diff {info['max_abs_diff']:.2e})"
                                  if "file" in info else info["skipped"]))
-    head_report = {}
-    if os.path.exists(os.path.join(cfg.head_dir, HEAD_REPORT)):
-        with open(os.path.join(cfg.head_dir, HEAD_REPORT), encoding="utf-8") as fh:
-            head_report = json.load(fh)
     sidecar = {
         "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
         "classes": head.classes,
@@ -221,8 +213,8 @@ def _check_batch(splits: FileSplits, preprocessing: Preprocessing, n: int) -> to
     return real_batch(splits.root, splits.val or splits.train, preprocessing, preprocessing.eval_transform(), n)
 
 
-def _input_size(cfg: BuildConfig, backbone: Backbone, head: AffineHead, splits: FileSplits, device: torch.device,
-                log: Callable[[str], object]) -> SizeChoice:
+def _input_size(cfg: BuildConfig, backbone: Backbone, head: AffineHead, head_report: dict, splits: FileSplits,
+                device: torch.device, log: Callable[[str], object]) -> SizeChoice:
     """The exported model's input side, asked for or (``auto``) the best on the val split, and its head."""
     own = backbone.preprocessing.crop_size
     asked = None if cfg.input_size == "auto" else int(cfg.input_size)
@@ -234,7 +226,7 @@ def _input_size(cfg: BuildConfig, backbone: Backbone, head: AffineHead, splits: 
     keep_freed_memory()  # several val passes: without it, every batch's buffers are page-faulted back in
     workers = cfg.finetune.workers if cfg.finetune else 0
     choice = choose_input_size(backbone, splits.root, splits.val, device, workers,
-                               _refit_plan(cfg, head, splits, log), asked)
+                               _refit_plan(cfg, head, head_report, splits, log), asked)
     for note in choice.notes:
         log(note)
     if asked is not None:
@@ -249,11 +241,12 @@ def _input_size(cfg: BuildConfig, backbone: Backbone, head: AffineHead, splits: 
     return choice
 
 
-def _refit_plan(cfg: BuildConfig, head: AffineHead, splits: FileSplits, log: Callable[[str], object]) -> HeadRefit | None:
+def _refit_plan(cfg: BuildConfig, head: AffineHead, head_report: dict, splits: FileSplits,
+                log: Callable[[str], object]) -> HeadRefit | None:
     """How to refit the head at other sides, or ``None`` (said why) where it cannot be."""
     if not cfg.refit_head:
         return None
-    recipe, why_not = head_recipe(cfg.head_dir, head.clf)
+    recipe, why_not = head_recipe(head_report, head.clf)
     if recipe is None or not splits.train:
         log(f"the head is not refitted at other input sizes: {why_not or 'the feature file has no training split'}")
         return None

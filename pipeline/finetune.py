@@ -228,7 +228,7 @@ def _logits(output) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output
 
 
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, channels_last: bool = False) -> float | None:
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> float | None:
     """Accuracy over a loader in eval mode and fp32 (as the exported model runs); restores the mode it found.
 
     Parameters
@@ -237,8 +237,6 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, channel
     loader : DataLoader
         Batches of ``(images, labels)``, ``None`` for a batch with no readable image.
     device : torch.device
-    channels_last : bool
-        Feed the batches in that memory format (for a model converted to it).
 
     Returns
     -------
@@ -253,10 +251,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, channel
             if batch is None:
                 continue
             x, y = batch
-            x = x.to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            pred = _logits(model(x)).argmax(1).cpu()
+            pred = _logits(model(x.to(device))).argmax(1).cpu()
             correct += int((pred == y).sum())
             total += len(y)
     model.train(was_training)

@@ -12,8 +12,6 @@ fused.
 from __future__ import annotations
 
 import copy
-import json
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,13 +51,14 @@ class Refit:
     notes: list[str] = field(default_factory=list)  # the C sweep's warnings
 
 
-def head_recipe(head_dir: str, clf: str) -> tuple[HeadRecipe | None, str]:
+def head_recipe(report: dict, clf: str) -> tuple[HeadRecipe | None, str]:
     """The head's fitting recipe, or ``None`` and why it cannot be repeated on other features.
 
     Parameters
     ----------
-    head_dir : str
-        HEAD_DIR written by ``run_head.py``.
+    report : dict
+        The head folder's ``report.json`` (:func:`pipeline.affine.read_head_report`; ``{}``
+        when it has none).
     clf : str
         The head's classifier as its metadata names it (``logreg``, ``svm``, ``linear``).
 
@@ -69,14 +68,11 @@ def head_recipe(head_dir: str, clf: str) -> tuple[HeadRecipe | None, str]:
     why_not : str
         Empty when a recipe is returned.
     """
-    path = os.path.join(head_dir, HEAD_REPORT)
-    if not os.path.exists(path):
+    if not report:
         return None, f"{HEAD_REPORT} is missing from the head folder, so how it was fitted is unknown"
     try:
-        with open(path, encoding="utf-8") as fh:
-            report = json.load(fh)
         mode, C = report.get("mode"), float(report["C"])
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError):
         return None, f"{HEAD_REPORT} in the head folder cannot be read as run_head.py writes it"
     if mode == "streaming":
         return None, "the head was fitted by streaming; refit it with run_head.py on features extracted at this size"

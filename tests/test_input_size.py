@@ -178,7 +178,7 @@ def test_the_refit_fits_the_head_as_run_head_fits_features_extracted_at_that_siz
     """Refitting a 64-px head at 96 px gives the head run_head.py fits, with the same options, on features
     run_extract.py makes at 96 px: the same C and the same weights (three classes, unbalanced)."""
     from features.extract import ExtractConfig, extract
-    from pipeline.affine import load_affine
+    from pipeline.affine import load_affine, read_head_report
     from pipeline.build_model import BuildConfig, file_splits
     from pipeline.refit import head_recipe, inference_model, refit_head
     from pipeline.train_head import HeadConfig, train_head
@@ -195,7 +195,7 @@ def test_the_refit_fits_the_head_as_run_head_fits_features_extracted_at_that_siz
     reference = load_affine(heads[96])
 
     backbone, head = _fused_at(heads[64], 96)
-    recipe, why_not = head_recipe(heads[64], head.clf)
+    recipe, why_not = head_recipe(read_head_report(heads[64]), head.clf)
     assert why_not == "" and recipe.cross_validated == ("C" not in head_options)
     assert (recipe.clf, recipe.class_weight) == (head_options["clf"], head_options.get("class_weight"))
     splits = file_splits(BuildConfig(head_dir=heads[64], out_dir=str(tmp_path / "unused")), head)
@@ -261,6 +261,7 @@ def test_fuse_refits_the_head_at_an_asked_size_and_keeps_it_only_when_it_scores_
 def test_a_head_whose_fit_cannot_be_repeated_is_not_refitted_and_says_why(sized_pipeline, tmp_path, change, said):
     import shutil
 
+    from pipeline.affine import read_head_report
     from pipeline.refit import head_recipe
 
     _, head = sized_pipeline
@@ -273,7 +274,7 @@ def test_a_head_whose_fit_cannot_be_repeated_is_not_refitted_and_says_why(sized_
         report = json.load(open(report_path))
         report.update(change)
         json.dump(report, open(report_path, "w"))
-    recipe, why_not = head_recipe(copy, "logreg")
+    recipe, why_not = head_recipe(read_head_report(copy), "logreg")
     assert recipe is None and said in why_not
     out = str(tmp_path / "model")
     r = run_cli("-m pipeline.fuse", "--head", copy, "--out", out, "--input-size", "96", "--no-onnx")
@@ -281,3 +282,14 @@ def test_a_head_whose_fit_cannot_be_repeated_is_not_refitted_and_says_why(sized_
     assert f"the head is not refitted at other input sizes: {why_not}" in r.stdout
     choice = json.load(open(os.path.join(out, "model.json")))["input_size_choice"]
     assert choice["head"] == "as fused" and choice["refit_C"] == {} and "96" in choice["val_accuracy"]
+
+
+def test_a_damaged_head_report_is_refused_in_one_line_before_any_work(sized_pipeline, tmp_path):
+    _, head = sized_pipeline
+    with open(os.path.join(head, "report.json"), "w") as fh:
+        fh.write('{"clf": "logreg", ')  # cut short
+    out = str(tmp_path / "model")
+    r = run_cli("-m pipeline.fuse", "--head", head, "--out", out, "--no-onnx")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "report.json: unreadable" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(out)  # no model folder that looks complete
