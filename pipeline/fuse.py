@@ -116,7 +116,8 @@ def main(head_dir, out_dir, data_root, features_path, finetune_mode, finetune_ep
     cfg = BuildConfig(head_dir=head_dir, out_dir=out_dir, data_root=data_root, features_path=features_path,
                       finetune=ft, device=device, precision=precision, onnx=onnx is not False,
                       input_size=input_size, refit_head=refit_head)
-    interrupted = f"interrupted; rerun with --resume to continue from the last epoch checkpoint in {out_dir}.partial"
+    interrupted = (f"interrupted; rerun with --resume to continue from the last epoch checkpoint in {out_dir}.partial"
+                   if ft.epochs else f"interrupted; nothing was written to {out_dir}; rerun the command")
     with exit_codes(USER_ERRORS, interrupted):
         sidecar = build_model(cfg, log=click.echo)
     files = [info["file"] for info in sidecar["exports"].values() if "file" in info]

@@ -91,3 +91,28 @@ def test_a_logreg_head_refitted_at_a_larger_side_exports_what_it_scored(hymenopt
     truth = [os.path.basename(os.path.dirname(p.path)) for p in predictions]
     assert not skipped and len(predictions) == 153
     assert np.mean([p.top[0][0] == t for p, t in zip(predictions, truth)]) == pytest.approx(scores[size])
+
+
+def test_ctrl_c_while_the_sides_are_scored_and_refitted_leaves_no_model(hymenoptera_lite0, tmp_path):
+    """SIGINT after the fuse check, while the sizes are scored and the head refitted: one line, exit 130, and no
+    model folder that looks complete."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, one_line_error
+
+    head = str(tmp_path / "head")
+    train_head(HeadConfig(hymenoptera_lite0, head, clf="logreg"))
+    out = str(tmp_path / "model")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.fuse", "--head", head, "--out", out, "--no-onnx"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=REPO))
+    for line in proc.stdout:  # the scoring of the sides (tens of seconds here) starts after this line
+        if line.startswith("fused logreg head"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    one_line_error(err, f"interrupted; nothing was written to {out}; rerun the command")
+    assert not os.path.exists(out)
