@@ -39,7 +39,7 @@ from features.store import FeatureFile, FeatureFileError
 @image_size_option()
 @click.option("--out", "out_path", type=str,
               help="Output HDF5 file [default: ROOTNAME-BACKBONE.h5; ROOTNAME-BACKBONE-NNNpx.h5 with --image-size].")
-@batch_size_option(32)
+@batch_size_option(None)
 @workers_option(None, "DataLoader decode workers [default: 0 on 2 CPU cores, more on larger machines and GPUs].")
 @click.option("--decode", type=click.Choice(list(DECODE_MODES)), default=None,
               help="Without workers: decode between batches in this thread (turn) or across the cores (pool), "

@@ -119,7 +119,11 @@ def seed_option(help_text: str | None = None) -> Decorator:
     return click.option("--seed", default=0, show_default=True, type=int, help=help_text)
 
 
-def batch_size_option(default: int) -> Decorator:
+def batch_size_option(default: int | None) -> Decorator:
+    """``--batch-size``; ``None``: chosen by device (:func:`features.devices.default_batch_size`)."""
+    if default is None:
+        return click.option("--batch-size", default=None, type=click.IntRange(min=1),
+                            help="Images per forward pass [default: 16 on the CPU, 32 on a GPU].")
     return click.option("--batch-size", default=default, show_default=True, type=click.IntRange(min=1))
 
 

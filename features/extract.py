@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 import features
 from features.backbones import Backbone, load_backbone
 from features.data import DatasetLayout, Sample, discover
-from features.devices import keep_freed_memory, resolve_device, resolve_precision
+from features.devices import default_batch_size, keep_freed_memory, resolve_device, resolve_precision
 from features.distributed import Shard, gather_from_ranks, process_group, shard_device
 from features.errors import ExtractionError
 from features.exclude import read_exclude
@@ -56,7 +56,7 @@ class ExtractConfig:
     backbone: str = "efficientnet_lite0"
     weights: str = "DEFAULT"
     image_size: int | None = None  # crop side fed to the network; None: the weights' own evaluation size
-    batch_size: int = 32
+    batch_size: int | None = None  # None: by device (features.devices.default_batch_size)
     workers: int | None = None
     # Without workers, between batches: "turn" in this thread, "pool" across the cores (None: the
     # default, measured fastest on 2 cores); "thread": one batch ahead. None leaves the choice of
@@ -114,6 +114,7 @@ class ExtractSummary:
     precision: str
     image_size: int  # side of the square crop fed to the network
     classes: list[str]
+    batch_size: int = 0  # images per forward pass
     splits: list[SplitSummary] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -130,7 +131,7 @@ class ExtractSummary:
         out = [f"{self.status}: {self.path}",
                f"backbone {self.backbone} ({self.weights}), {self.feature_dim}-d features, "
                f"{len(self.classes)} classes, {self.image_size}-px input, device {self.device}, "
-               f"precision {self.precision}"]
+               f"precision {self.precision}, batch {self.batch_size}"]
         out += self.notes
         for s in self.splits:
             line = (f"  {s.split:>10}: {s.images} images, {s.rows} rows, {len(s.skipped)} skipped, "
@@ -348,7 +349,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     ExtractionError
         No image of the dataset could be read.
     """
-    if cfg.views < 0 or cfg.batch_size < 1 or (cfg.limit is not None and cfg.limit < 1):
+    if cfg.views < 0 or (cfg.batch_size is not None and cfg.batch_size < 1) or (cfg.limit is not None and cfg.limit < 1):
         raise ValueError("--views must be >= 0, --batch-size >= 1 and --limit >= 1")
     if cfg.dtype not in ("float32", "float16"):
         raise ValueError(f"--dtype must be float32 or float16, got {cfg.dtype!r}")
@@ -360,6 +361,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     if cfg.shard is not None:
         device = shard_device(cfg.shard, device)
     precision = resolve_precision(cfg.precision, device)
+    cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size or default_batch_size(device))
     layout = discover(cfg.data_root, cfg.val_fraction, cfg.seed, labels=cfg.labels, image_column=cfg.image_column,
                       label_column=cfg.label_column, unlabeled=tuple(cfg.unlabeled))
     excluded = None
@@ -381,7 +383,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
                                                              backbone.spec.classifier_slot))
     attrs = _file_attrs(cfg, layout, splits, backbone, views_split, precision, excluded, folded)
     summary = ExtractSummary(cfg.out_path, "", backbone.spec.name, backbone.weights.identity, backbone.feature_dim,
-                             str(device), precision, backbone.preprocessing.crop_size, layout.classes)
+                             str(device), precision, backbone.preprocessing.crop_size, layout.classes, cfg.batch_size)
     if excluded is not None:
         summary.notes.append(f"excluded {excluded['excluded']} files listed in {cfg.exclude}"
                              + (f" ({excluded['listed'] - excluded['excluded']} listed paths are not in the dataset)"

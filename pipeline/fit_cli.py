@@ -29,7 +29,7 @@ from pipeline.user_errors import USER_ERRORS
 @click.option("--overwrite", is_flag=True, help="Replace an existing feature file made with another configuration.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="One labeled split only: stratified fraction moved to a val split.")
-@batch_size_option(32)
+@batch_size_option(None)
 @workers_option(None, "DataLoader decode workers [default: by machine].")
 @device_option()
 @precision_option("Extraction autocast; auto: fp16 on CUDA, bf16 on CPUs with native bf16 (AMX, AVX512-BF16), else fp32.")

@@ -21,6 +21,7 @@ def test_one_group_runs_every_step(tmp_path):
     assert r.returncode == 0 and "written" in r.stdout, r.stderr
     report = json.load(open(tmp_path / "extract.json"))
     assert report["status"] == "written" and report["feature_dim"] == 32
+    assert report["batch_size"] == 16 and ", batch 16" in r.stdout  # the CPU's default
     assert [(s["split"], s["images"], s["processed"]) for s in report["splits"]] == [("train", 12, 12), ("val", 6, 6)]
     assert all(s["forward_seconds"] > 0 and "waiting_seconds" in s for s in report["splits"])  # see test_extract
     assert run_cli("-m pipeline.cli", "verify", feats).returncode == 0

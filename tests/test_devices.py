@@ -57,3 +57,12 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_native_bf16():
     assert resolve_precision("fp32", cpu, native_bf16=True) == "fp32"  # asked for: kept
     with pytest.raises(ValueError, match="only supported on CUDA"):
         resolve_precision("fp16", cpu)
+
+
+def test_default_batch_size_is_chosen_by_device():
+    import torch
+
+    from features.devices import default_batch_size
+
+    assert default_batch_size(torch.device("cpu")) == 16
+    assert default_batch_size(torch.device("cuda")) == 32
