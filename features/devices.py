@@ -73,10 +73,19 @@ def resolve_device(device: str) -> torch.device:
 def default_batch_size(device: torch.device) -> int:
     """Images per forward pass when ``--batch-size`` is not given: 16 on the CPU, 32 on CUDA.
 
-    On a 2-core CPU (BENCHMARKS.md section 1, 3 alternating rounds) Lite0's whole
-    extraction path in fp32 was fastest at 16 (114 img/s against 107 at 32), level in
-    bf16 (153 against 155), and 16 needs less memory (1155 against 1496 MB peak in fp32);
-    a GPU keeps 32, where larger batches fill the device better.
+    On a 2-core CPU (BENCHMARKS.md section 1, two runs of 3 alternating rounds) Lite0's
+    whole extraction path in fp32 was fastest at 16 (medians 114 and 93 img/s against 107
+    and 91 at 32), level with 32 in bf16, and 16 needs less memory (1168 against 1493 MB
+    peak in fp32). A GPU keeps 32, where larger batches fill the device better.
+
+    Parameters
+    ----------
+    device : torch.device
+        The device the forward passes run on.
+
+    Returns
+    -------
+    int
     """
     return 32 if device.type == "cuda" else 16
 

@@ -44,8 +44,9 @@ _GLOBAL_RNG = threading.Lock()  # held while torch's global generator is reseede
 class ExtractConfig:
     """Everything one extraction run depends on (the CLI fills this from its options).
 
-    Attributes mirror ``run_extract.py``'s options; ``workers=None`` picks a default
-    suited to the device (see :func:`default_workers`). ``shard`` is this process's
+    Attributes mirror ``run_extract.py``'s options; ``workers=None`` and
+    ``batch_size=None`` pick defaults suited to the device (see :func:`default_workers`
+    and :func:`features.devices.default_batch_size`). ``shard`` is this process's
     place in a multi-process run (``torchrun``); ``None`` for a single process.
     ``labels``, ``image_column``, ``label_column`` and ``unlabeled`` are passed to
     :func:`features.data.discover`.
@@ -361,7 +362,8 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     if cfg.shard is not None:
         device = shard_device(cfg.shard, device)
     precision = resolve_precision(cfg.precision, device)
-    cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size or default_batch_size(device))
+    if cfg.batch_size is None:
+        cfg = dataclasses.replace(cfg, batch_size=default_batch_size(device))
     layout = discover(cfg.data_root, cfg.val_fraction, cfg.seed, labels=cfg.labels, image_column=cfg.image_column,
                       label_column=cfg.label_column, unlabeled=tuple(cfg.unlabeled))
     excluded = None

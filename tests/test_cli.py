@@ -5,7 +5,9 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
+from features.devices import default_batch_size
 from tests.conftest import blobs, make_imagefolder, run_cli, write_feature_file
 
 
@@ -21,7 +23,8 @@ def test_one_group_runs_every_step(tmp_path):
     assert r.returncode == 0 and "written" in r.stdout, r.stderr
     report = json.load(open(tmp_path / "extract.json"))
     assert report["status"] == "written" and report["feature_dim"] == 32
-    assert report["batch_size"] == 16 and ", batch 16" in r.stdout  # the CPU's default
+    batch = default_batch_size(torch.device(report["device"]))  # 16 on the CPU, 32 on a GPU
+    assert report["batch_size"] == batch and f", batch {batch}" in r.stdout
     assert [(s["split"], s["images"], s["processed"]) for s in report["splits"]] == [("train", 12, 12), ("val", 6, 6)]
     assert all(s["forward_seconds"] > 0 and "waiting_seconds" in s for s in report["splits"])  # see test_extract
     assert run_cli("-m pipeline.cli", "verify", feats).returncode == 0
