@@ -31,7 +31,7 @@ from features.hooks import FeatureCapture, capture_features
 from features.images import UnreadableImage
 from features.interrupt import StopRequest, stop_between_batches
 from features.locking import output_lock
-from features.prefetch import DECODE_MODES, pooled_batches, prefetched
+from features.prefetch import DECODE_MODES, pooled_batches, prefetched, single_torch_thread
 from features.progress import Progress
 from features.identity import FeatureIdentity
 from features.store import PARTIAL_SUFFIX, file_attrs
@@ -211,12 +211,6 @@ def _keep_as_list(batch):
     return batch
 
 
-def _single_threaded_worker(_worker_id: int = 0) -> None:
-    # Transforms in a worker (or a decode thread: OpenMP's thread count is per thread) must not start
-    # their own thread pool: the cores belong to the forward pass.
-    torch.set_num_threads(1)
-
-
 def _inventory_hash(samples: list[Sample]) -> str:
     digest = hashlib.sha256()
     for s in samples:
@@ -269,16 +263,16 @@ def _run_split(writer, split: str, layout: DatasetLayout, samples: list[Sample],
     dataset = ImageRows(layout.root, split, samples, first, offset, backbone, views, cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
                         collate_fn=_keep_as_list, pin_memory=device.type == "cuda",
-                        worker_init_fn=_single_threaded_worker, prefetch_factor=4 if workers else None)
+                        worker_init_fn=single_torch_thread, prefetch_factor=4 if workers else None)
     progress = Progress(len(dataset), f"{split}", enabled=cfg.progress and (cfg.shard is None or cfg.shard.rank == 0))
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         batches = loader
         if cfg.decode == "thread" and workers == 0:
-            batches = stack.enter_context(contextlib.closing(prefetched(loader, 2, _single_threaded_worker)))
+            batches = stack.enter_context(contextlib.closing(prefetched(loader, 2, single_torch_thread)))
         elif cfg.decode in (None, "pool") and workers == 0:
             batches = stack.enter_context(contextlib.closing(
-                pooled_batches(dataset, cfg.batch_size, torch.get_num_threads(), _single_threaded_worker)))
+                pooled_batches(dataset, cfg.batch_size, torch.get_num_threads(), single_torch_thread)))
         stack.enter_context(torch.inference_mode())
         waiting = forward_seconds = 0.0
         asked = time.perf_counter()  # when the loop asked for the next batch

@@ -19,6 +19,17 @@ DECODE_MODES = ("turn", "pool", "thread")
 _DONE = object()
 
 
+def single_torch_thread(_worker_id: int = 0) -> None:
+    """Run torch on one thread in the calling thread (or DataLoader worker, whose id is ignored).
+
+    Transforms in a decode thread or worker must not start their own thread pool (OpenMP's
+    thread count is per thread): the cores belong to the forward pass.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+
+
 class _Failed:
     """An exception raised by the producer, handed over to be raised in the consumer."""
 

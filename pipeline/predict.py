@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
 import json
@@ -21,6 +22,7 @@ import torch
 from features.cli_common import CONTEXT_SETTINGS, EXIT_NOTHING_READABLE, batch_size_option, exit_codes, fail
 from features.devices import keep_freed_memory
 from features.images import UnreadableImage
+from features.prefetch import pooled_batches, single_torch_thread
 from features.preprocessing import Preprocessing
 from pipeline.model_meta import ModelDirError, has_export, read_model_meta, verified_export
 from pipeline.submission import SubmissionError, build_submission, read_template, write_submission
@@ -120,8 +122,33 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     return files
 
 
-def predict_images(model_dir: str, paths: list[str], top_k: int = 1, batch_size: int = 32, runtime: str = "torch"):
+class _DecodedFiles:
+    """``files[i]``: ``(path, normalised CHW tensor, None)``, or ``(path, None, reason)`` for an unreadable file."""
+
+    def __init__(self, paths: list[str], preprocessing: Preprocessing) -> None:
+        self.paths = paths
+        self.preprocessing = preprocessing
+        self.transform = preprocessing.eval_transform()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str | None]:
+        path = self.paths[i]
+        try:
+            return path, self.transform(self.preprocessing.load(path)), None
+        except UnreadableImage as exc:
+            return path, None, str(exc)
+        except OSError as exc:
+            return path, None, exc.strerror or str(exc)
+
+
+def predict_images(model_dir: str, paths: list[str], top_k: int = 1, batch_size: int = 16, runtime: str = "torch"):
     """Classify image files.
+
+    Each batch of files is decoded by one thread per core while the model waits, then
+    classified while the threads wait (as extraction's default ``--decode pool``), so the
+    two never contend for the cores.
 
     Parameters
     ----------
@@ -131,41 +158,32 @@ def predict_images(model_dir: str, paths: list[str], top_k: int = 1, batch_size:
     top_k : int
         Classes kept per image, best first.
     batch_size : int
+        Files decoded and classified at a time.
     runtime : {"torch", "onnxruntime"}
         See :func:`load_exported`.
 
     Returns
     -------
     predictions : list of Prediction
+        In the order of ``paths``, unreadable files left out.
     skipped : list of (path, reason)
     """
     keep_freed_memory()
     model, sidecar = load_exported(model_dir, runtime)
-    preprocessing = Preprocessing.from_dict(sidecar["preprocessing"])
-    transform = preprocessing.eval_transform()
+    files = _DecodedFiles(paths, Preprocessing.from_dict(sidecar["preprocessing"]))
     classes = sidecar["classes"]
-    predictions, skipped, pending = [], [], []
-
-    def flush():
-        if not pending:
-            return
-        with torch.inference_mode():
-            probs = torch.softmax(model(torch.stack([t for _, t in pending])), dim=1)
-        values, indices = probs.topk(min(top_k, len(classes)), dim=1)
-        for (path, _), v, i in zip(pending, values.tolist(), indices.tolist()):
-            predictions.append(Prediction(path, [(classes[c], p) for c, p in zip(i, v)]))
-        pending.clear()
-
-    for path in paths:
-        try:
-            pending.append((path, transform(preprocessing.load(path))))
-        except UnreadableImage as exc:
-            skipped.append((path, str(exc)))
-        except OSError as exc:
-            skipped.append((path, exc.strerror or str(exc)))
-        if len(pending) == batch_size:
-            flush()
-    flush()
+    predictions, skipped = [], []
+    with contextlib.closing(pooled_batches(files, batch_size, torch.get_num_threads(), single_torch_thread)) as batches:
+        for batch in batches:
+            skipped += [(path, reason) for path, pixels, reason in batch if pixels is None]
+            readable = [(path, pixels) for path, pixels, _ in batch if pixels is not None]
+            if not readable:
+                continue
+            with torch.inference_mode():
+                probs = torch.softmax(model(torch.stack([pixels for _, pixels in readable])), dim=1)
+            values, indices = probs.topk(min(top_k, len(classes)), dim=1)
+            for (path, _), v, i in zip(readable, values.tolist(), indices.tolist()):
+                predictions.append(Prediction(path, [(classes[c], p) for c, p in zip(i, v)]))
     return predictions, skipped
 
 
@@ -213,7 +231,7 @@ def _print_predictions(predictions: list[Prediction], fmt: str, top_k: int) -> N
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="torch", show_default=True,
               help="torch: run model.pt2 (the torch.export program); onnxruntime: run model.onnx "
                    "(needs onnxruntime and a model fused with the onnx extra).")
-@batch_size_option(32)
+@batch_size_option(16)
 def main(model_dir, inputs, fmt, top_k, template, out, runtime, batch_size) -> None:
     """Print class and probability for each image (folders are searched recursively)."""
     if (template or out) and fmt != "submission":

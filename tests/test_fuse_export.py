@@ -237,6 +237,25 @@ def test_predict_cli_real_and_broken_images(tiny_pipeline, tmp_path):
     assert csv_out.stdout.splitlines()[0] == "path,class,prob" and len(csv_out.stdout.splitlines()) == 7
 
 
+def test_predict_in_pooled_batches_equals_one_image_at_a_time(tiny_pipeline, tmp_path):
+    from pipeline.predict import predict_images
+
+    data, feats, head = tiny_pipeline
+    out = str(tmp_path / "model")
+    build_model(BuildConfig(head, out), log=lambda *_: None)
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    images = [os.path.join(data, "val", c, f"img_{i:03d}.jpg") for c in ("ants", "bees") for i in range(6)]
+    paths = images[:5] + [str(tmp_path / "zero.jpg"), str(tmp_path / "missing.png")] + images[5:]
+    batched, skipped = predict_images(out, paths, top_k=2, batch_size=4)  # batches mixing readable and broken files
+    alone, skipped_alone = predict_images(out, paths, top_k=2, batch_size=1)
+    assert skipped == skipped_alone == [(str(tmp_path / "zero.jpg"), "empty file (0 bytes)"),
+                                        (str(tmp_path / "missing.png"), "file not found")]
+    assert [p.path for p in batched] == [p.path for p in alone] == images  # input order, broken files left out
+    for b, a in zip(batched, alone):
+        assert [c for c, _ in b.top] == [c for c, _ in a.top]
+        assert np.allclose([v for _, v in b.top], [v for _, v in a.top], atol=1e-5)
+
+
 def test_rebuild_refuses_a_weights_file_that_changed(tmp_path):
     from pipeline.affine import HeadError
     from pipeline.rebuild import rebuild_backbone
