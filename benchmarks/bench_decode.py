@@ -86,7 +86,8 @@ def section_decode(out_dir: str, quick: bool) -> list[str]:
             in_turn = 1000 / (1000 / folded + host_ms)
             both_cores = 1000 / (1000 / folded + host_ms / 2)
             lines.append(f"| {backbone} ({weights}) | {precision} | {built:.1f} | {earlier:.1f} | {folded:.1f} | "
-                         f"{best['turn']:.1f} | {best['pool']:.1f} | {best['thread']:.1f} | {best['turn'] / built:.2f} | "
+                         f"{best['turn']:.1f} | {best['pool']:.1f} | {best['thread']:.1f} | "
+                         f"{best['turn'] / built:.2f} | "
                          f"{best['pool'] / built:.2f} | {best['thread'] / built:.2f} | {best['pool'] / earlier:.2f} | "
                          f"{in_turn / built:.2f} | "
                          f"{both_cores / built:.2f} | {best['pool'] / best['turn']:.2f}x |")
