@@ -6,9 +6,12 @@ import json
 import os
 import shutil
 
+import torch
+
 from benchmarks.bench_extract import forward_only, full_path, hymenoptera_copies
 from benchmarks.common import run_measured
 from features.compiling import CPU_SPEEDUP, CPU_WARMUP_SECONDS
+from features.devices import default_batch_size
 
 
 def _fresh_cache(out_dir: str, name: str) -> dict:
@@ -21,7 +24,8 @@ def _fresh_cache(out_dir: str, name: str) -> dict:
 def section_compile(out_dir: str, quick: bool) -> list[str]:
     """Forward-only eager vs compiled (cold cache), then extraction with --compile off / on (cold cache)."""
     configs = [("efficientnet_lite0", "DEFAULT")] + ([] if quick else [("resnet50", "none")])
-    lines = ["## 16. torch.compile: warm-up against images (forward pass with BatchNorm folded, batch 32)", "",
+    batch = default_batch_size(torch.device("cpu"))  # what extraction runs with on the CPU
+    lines = [f"## 16. torch.compile: warm-up against images (forward pass with BatchNorm folded, batch {batch})", "",
              "Forward-only: 128 preprocessed hymenoptera val images, eager and then through `torch.compile` "
              "(`benchmarks/compile_forward.py`), with an empty inductor cache, so the warm-up is a first run's. "
              "Break-even: the images after which the compiled model has repaid its warm-up.", "",
@@ -31,7 +35,7 @@ def section_compile(out_dir: str, quick: bool) -> list[str]:
     commands = []
     for backbone, weights in configs:
         for precision in ("fp32", "bf16"):
-            m = run_measured(["benchmarks/compile_forward.py", backbone, weights, precision, "32", "128"],
+            m = run_measured(["benchmarks/compile_forward.py", backbone, weights, precision, str(batch), "128"],
                              env=_fresh_cache(out_dir, f"{backbone}-{precision}"))
             commands.append(f"TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) {m.command}")
             r = json.loads(m.stdout)
@@ -50,10 +54,10 @@ def section_compile(out_dir: str, quick: bool) -> list[str]:
               "|---|---|---|---|---|---|---|---|"]
     for backbone, weights, precision in [("efficientnet_lite0", "DEFAULT", "fp32"), ("efficientnet_lite0", "DEFAULT", "bf16")] + \
             ([] if quick else [("resnet50", "none", "bf16")]):
-        fwd, built = forward_only(backbone, weights, precision, 32)
+        fwd, built = forward_only(backbone, weights, precision, batch)
         rates = {}
         for mode in ("off", "on"):
-            m, _, rates[mode] = full_path(out_dir, backbone, weights, precision, 32, data=data,
+            m, _, rates[mode] = full_path(out_dir, backbone, weights, precision, batch, data=data,
                                           name=f"compile-{mode}-{backbone}-{precision}.h5", extra=("--compile", mode),
                                           env=_fresh_cache(out_dir, f"full-{backbone}-{precision}"))
             commands.append(m.command if mode == "off" else f"TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) {m.command}")
