@@ -34,7 +34,7 @@ from features.locking import output_lock
 from features.prefetch import DECODE_MODES, pooled_batches, prefetched, single_torch_thread
 from features.progress import Progress
 from features.identity import FeatureIdentity
-from features.store import PARTIAL_SUFFIX, file_attrs
+from features.store import BATCH_SIZE_ATTR, PARTIAL_SUFFIX, file_attrs
 from features.writer import FeatureWriter, check_output_path, final_file_up_to_date, merge_shards, open_writer
 
 _GLOBAL_RNG = threading.Lock()  # held while torch's global generator is reseeded for augmented views
@@ -238,7 +238,11 @@ def _file_attrs(cfg: ExtractConfig, layout: DatasetLayout, splits: dict[str, lis
         config["exclude"] = excluded
     versions = {"tlcache": features.__version__, "torch": torch.__version__,
                 "torchvision": torchvision.__version__, "h5py": h5py.__version__, "numpy": np.__version__}
-    return file_attrs(FeatureIdentity.of_backbone(backbone, layout.classes), list(splits), layout.root, config, versions)
+    attrs = file_attrs(FeatureIdentity.of_backbone(backbone, layout.classes), list(splits), layout.root, config,
+                       versions)
+    # Not in the config (another batch gives the same rows up to rounding): recorded, and what a resume continues at.
+    attrs[BATCH_SIZE_ATTR] = cfg.batch_size
+    return attrs
 
 
 @dataclass(frozen=True)
@@ -356,7 +360,8 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     if cfg.shard is not None:
         device = shard_device(cfg.shard, device)
     precision = resolve_precision(cfg.precision, device)
-    if cfg.batch_size is None:
+    batch_given = cfg.batch_size is not None
+    if not batch_given:
         cfg = dataclasses.replace(cfg, batch_size=default_batch_size(device))
     layout = discover(cfg.data_root, cfg.val_fraction, cfg.seed, labels=cfg.labels, image_column=cfg.image_column,
                       label_column=cfg.label_column, unlabeled=tuple(cfg.unlabeled))
@@ -390,7 +395,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     for split, empty in layout.empty_classes.items():
         summary.notes.append(f"warning: {split} has empty class folders: {', '.join(empty)}")
     with stop_between_batches() as stop:
-        run = _SplitRunner(cfg, layout, backbone, device, precision, views_split, stop)
+        run = _SplitRunner(cfg, layout, backbone, device, precision, views_split, stop, batch_given)
         if cfg.shard is None:
             with output_lock(cfg.out_path):
                 return _extract_single(cfg, splits, attrs, run, summary)
@@ -411,7 +416,23 @@ class _SplitRunner:
     precision: str
     views_split: str | None
     stop: StopRequest
+    batch_given: bool  # --batch-size was given; otherwise a resumed run continues at the batch it started with
     notes: list[str] = field(default_factory=list)
+
+    def continue_from(self, writer: FeatureWriter) -> list[str]:
+        """Take the batch size a resumed journal was started with, unless one was given; say so either way.
+
+        bf16 rounding depends on the batch, so rows written at another size would differ from
+        an uninterrupted run's by more than float32 rounding.
+        """
+        started = writer.started_batch_size
+        if started is None or started == self.cfg.batch_size:
+            return []
+        if not self.batch_given:
+            self.cfg = dataclasses.replace(self.cfg, batch_size=started)
+            return [f"note: continuing at batch {started}, the batch this file was started with"]
+        return [f"note: the rows written before were computed at batch {started}, the rest at batch "
+                f"{self.cfg.batch_size} (in bf16 the rows differ slightly with the batch)"]
 
     def __call__(self, writer: FeatureWriter, splits: dict[str, list[Sample]],
                  offsets: dict[str, int]) -> dict[str, SplitTiming]:
@@ -460,6 +481,8 @@ def _extract_single(cfg: ExtractConfig, splits: dict[str, list[Sample]], attrs: 
     summary.notes[:0] = state.notes
     if state.writer is None:
         return summary
+    summary.notes += run.continue_from(state.writer)
+    summary.batch_size = run.cfg.batch_size
     try:
         timings = run(state.writer, splits, {split: 0 for split in splits})
         summary.notes += run.notes
@@ -483,6 +506,8 @@ def _extract_sharded(cfg: ExtractConfig, shard: Shard, splits: dict[str, list[Sa
                         dim, cfg.dtype, cfg.overwrite)
     timings = {}
     if state.writer is not None:
+        summary.notes += run.continue_from(state.writer)
+        summary.batch_size = run.cfg.batch_size
         try:
             mine = {split: splits[split][a:b] for split, (a, b) in blocks.items()}
             timings = run(state.writer, mine, {split: a for split, (a, b) in blocks.items()})
@@ -506,6 +531,7 @@ def _extract_sharded(cfg: ExtractConfig, shard: Shard, splits: dict[str, list[Sa
                                         slowest.forward)
     if os.path.exists(cfg.out_path + PARTIAL_SUFFIX):
         os.remove(cfg.out_path + PARTIAL_SUFFIX)  # an interrupted merge starts over: the shards hold every row
+    attrs = dict(attrs, **{BATCH_SIZE_ATTR: run.cfg.batch_size})  # the batch rank 0's shard continued at
     writer = open_writer(cfg.out_path, attrs, {n: len(s) for n, s in splits.items()}, dim, cfg.dtype, True).writer
     try:
         offsets = {split: [Shard(r, shard.world_size, 0).block(len(s))[0] for r in range(shard.world_size)]

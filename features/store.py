@@ -29,6 +29,8 @@ PARTIAL_SUFFIX = ".partial"
 
 # Root attributes besides the identity's that a resume or a "nothing to do" rerun must match.
 EXTRACTION_ATTRS = ("splits", "data_root", "config")
+# Images per forward pass the file was started with: recorded, but not compared (rows differ only by rounding).
+BATCH_SIZE_ATTR = "batch_size"
 # Root attributes every reader requires (besides schema, schema_version, complete).
 REQUIRED_ATTRS = IDENTITY_FIELDS + EXTRACTION_ATTRS + ("versions", "created")
 ROW_DATASETS = ("features", "labels", "paths", "image_index", "view")

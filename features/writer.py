@@ -29,8 +29,8 @@ import numpy as np
 
 from features import journal
 from features.identity import FeatureIdentity
-from features.store import (EXTRACTION_ATTRS, PARTIAL_SUFFIX, ROWS_PER_CHUNK, SCHEMA, SCHEMA_VERSION, ConfigMismatch,
-                            FeatureFile, FeatureFileError, SplitChecksum, _skipped, attrs_checksum)
+from features.store import (BATCH_SIZE_ATTR, EXTRACTION_ATTRS, PARTIAL_SUFFIX, ROWS_PER_CHUNK, SCHEMA, SCHEMA_VERSION,
+                            ConfigMismatch, FeatureFile, FeatureFileError, SplitChecksum, _skipped, attrs_checksum)
 
 WRITING_SUFFIX = ".writing"
 _STR = h5py.string_dtype("utf-8")
@@ -69,6 +69,11 @@ class FeatureWriter:
     @property
     def partial_path(self) -> str:
         return self.final_path + PARTIAL_SUFFIX
+
+    @property
+    def started_batch_size(self) -> int | None:
+        """The batch size the journal was started with (None for a journal that does not record it)."""
+        return self._state.start["attrs"].get(BATCH_SIZE_ATTR)
 
     def done_images(self, split: str) -> int:
         """How many of the split's candidate files are already processed (written or skipped)."""

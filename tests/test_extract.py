@@ -179,10 +179,12 @@ def test_reader_refuses_incomplete_and_unknown_versions(small_dataset, tmp_path)
         FeatureFile(str(tmp_path / "other.h5"))
 
 
-def _interrupt_then_resume(data, out, sig, extra):
-    args = [os.path.join(REPO, "run_extract.py"), "--data", data, "--out", out, "--batch-size", "4", "--quiet", *extra]
+def _interrupt_then_resume(data, out, sig, extra, resume_batch=("--batch-size", "4")):
+    """Interrupt a batch-4 run after two committed batches, then resume it with ``resume_batch`` (empty: the default)."""
+    args = [os.path.join(REPO, "run_extract.py"), "--data", data, "--out", out, "--quiet", *extra]
     env = dict(os.environ, PYTHONPATH=REPO)
-    proc = subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, *args, "--batch-size", "4"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     partial = out + PARTIAL_SUFFIX
     wait_for_committed(partial, "train", 8, proc)  # two batches of 160 images: most of the run is still ahead
     proc.send_signal(sig)
@@ -192,22 +194,35 @@ def _interrupt_then_resume(data, out, sig, extra):
     done = committed_images(partial, "train") + committed_images(partial, "val")
     assert 8 <= done < 160
     report = out + ".report.json"
-    resumed = subprocess.run([sys.executable, *args, "--report", report], env=env, capture_output=True, text=True,
-                             timeout=300)
+    resumed = subprocess.run([sys.executable, *args, *resume_batch, "--report", report], env=env, capture_output=True,
+                             text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert_resumed(resumed.stdout, os.path.dirname(out))
     with open(report, encoding="utf-8") as fh:
-        assert sum(s["processed"] for s in json.load(fh)["splits"]) == 160 - done  # only what was not committed
-    return err, done
+        record = json.load(fh)
+    assert sum(s["processed"] for s in record["splits"]) == 160 - done  # only what was not committed
+    return err, done, record
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_interrupted_run_resumes_to_the_same_rows(tmp_path, sig):
+# Resumed with the same command; without --batch-size, which continues at the journal's batch (4),
+# not the device default, so that the file does not mix rows of two batch sizes; or with another
+# explicit batch, which is used and said.
+@pytest.mark.parametrize("sig, resume_batch, note", [
+    (signal.SIGKILL, ("--batch-size", "4"), None),
+    (signal.SIGINT, (), "continuing at batch 4, the batch this file was started with"),
+    (signal.SIGKILL, ("--batch-size", "8"), "the rows written before were computed at batch 4, the rest at batch 8"),
+])
+def test_interrupted_run_resumes_to_the_same_rows(tmp_path, sig, resume_batch, note):
     data = make_imagefolder(str(tmp_path / "d"), {"train": {"a": 60, "b": 60}, "val": {"a": 20, "b": 20}})
     extra = ["--backbone", "resnet18", "--weights", "none", "--views", "1"]
-    err, done = _interrupt_then_resume(data, str(tmp_path / "cut.h5"), sig, extra)
+    err, done, record = _interrupt_then_resume(data, str(tmp_path / "cut.h5"), sig, extra, resume_batch)
+    assert record["batch_size"] == (8 if "8" in resume_batch else 4)
+    said = [n for n in record["notes"] if "batch" in n]
+    assert len(said) == (1 if note else 0) and all(note in n for n in said), record["notes"]
     if sig == signal.SIGINT:
         assert "rerun the same command to resume" in err and "Traceback" not in err
+    with FeatureFile(str(tmp_path / "cut.h5")) as cut:
+        assert cut.attrs["batch_size"] == 4
     whole = run_cli("run_extract.py", "--data", data, "--out", str(tmp_path / "whole.h5"), "--quiet", *extra)
     assert whole.returncode == 0, whole.stderr
     with FeatureFile(str(tmp_path / "cut.h5")) as cut, FeatureFile(str(tmp_path / "whole.h5")) as ref:
