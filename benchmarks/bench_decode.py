@@ -36,8 +36,9 @@ def section_decode(out_dir: str, quick: bool) -> list[str]:
     host_ms = json.loads(split.stdout)["decode_ms"] + json.loads(split.stdout)["transform_ms"]
     lines = [f"## 14. Decoding in turn, across the cores, or in a thread (hymenoptera, 398 images, batch {batch})", "",
              f"At `run_extract.py`'s default batch size on the CPU ({batch}; section 1's batch sweep). "
-             "Forward-only: 128 preprocessed val images through the network as built and with BatchNorm folded "
-             f"(what extraction runs), the fastest of {FORWARD_PASSES} passes after a warm-up batch; the network "
+             "Forward-only: 128 preprocessed val images through the network as built and as extraction "
+             "prepares it (folded: BatchNorm folded into the convolutions and, in bf16, the weights stored in "
+             f"bf16 once instead of cast on every call), the fastest of {FORWARD_PASSES} passes after a warm-up batch; the network "
              f"as built is also timed at batch {EARLIER_BATCH}, so that no ratio rests on the batch-{batch} forward "
              "pass alone. Full path: "
              "`run_extract.py` rate over its extraction loops, decoding "

@@ -1,7 +1,7 @@
 """The forward pass eager against ``torch.compile``: warm-up, rate, and how far the features move.
 
 ``python benchmarks/compile_forward.py BACKBONE WEIGHTS PRECISION BATCH IMAGES`` prints JSON. The
-network is folded as extraction runs it, on preprocessed hymenoptera val images. The warm-up is
+network is prepared as extraction runs it, on preprocessed hymenoptera val images. The warm-up is
 the first compiled batch's time less an eager batch's; run it with a fresh ``TORCHINDUCTOR_CACHE_DIR``
 for a cold warm-up, as a user's first run has.
 """
@@ -35,7 +35,7 @@ def _rate(model, spec, x: torch.Tensor, batch: int, precision: str) -> tuple[flo
 
 
 def main(backbone_name: str, weights: str, precision: str, batch: int, n_images: int) -> dict:
-    backbone, model, x, _ = prepared(backbone_name, weights, True, n_images)
+    backbone, model, x, _ = prepared(backbone_name, weights, True, n_images, precision)
     x = x[: len(x) // batch * batch]  # whole batches: one shape for the compiled model
     _rate(model, backbone.spec, x[:batch], batch, precision)  # eager warm-up (oneDNN primitives)
     eager_first, eager_rate, eager = _rate(model, backbone.spec, x, batch, precision)

@@ -1,8 +1,9 @@
 """Model-forward-only throughput on preloaded, preprocessed images (no decode, no writes).
 
 ``python benchmarks/forward_only.py BACKBONE WEIGHTS PRECISION BATCH [FOLD [IMAGES [PASSES]]]`` prints
-``{"images_per_second": ..., "batchnorm_folded": ...}`` as JSON. FOLD 1 folds BatchNorm into
-the convolutions first, as extraction does; 0 (the default) measures the network as built.
+``{"images_per_second": ..., "batchnorm_folded": ...}`` as JSON. FOLD 1 prepares the network as
+extraction does: BatchNorm folded into the convolutions and, under bf16, the weights stored in
+bf16 (:mod:`features.casting`); 0 (the default) measures the network as built.
 PASSES > 1 times that many passes over the images and reports the fastest (default 1).
 """
 
@@ -17,6 +18,7 @@ import torch
 
 from benchmarks.common import HYMENOPTERA
 from features.backbones import load_backbone
+from features.casting import cast_weights_for_autocast
 from features.data import discover
 from features.devices import autocast, keep_freed_memory
 from features.folding import fold_batchnorm
@@ -24,9 +26,10 @@ from features.hooks import capture_features
 from features.images import load_rgb
 
 
-def prepared(backbone_name: str, weights: str, fold: bool, n_images: int):
-    """The backbone, its network (BatchNorm folded if ``fold``) and ``n_images`` preprocessed hymenoptera val
-    images, channels-last; with the extraction path's allocator setting, so only the pipeline differs."""
+def prepared(backbone_name: str, weights: str, fold: bool, n_images: int, precision: str = "fp32"):
+    """The backbone, its network (if ``fold``, prepared for ``precision`` as extraction prepares it) and
+    ``n_images`` preprocessed hymenoptera val images, channels-last; with the extraction path's allocator setting,
+    so only the pipeline differs."""
     keep_freed_memory()
     backbone = load_backbone(backbone_name, weights)
     layout = discover(HYMENOPTERA)
@@ -36,12 +39,13 @@ def prepared(backbone_name: str, weights: str, fold: bool, n_images: int):
     model, folded = backbone.model, 0
     if fold:
         model, folded = fold_batchnorm(model, (backbone.spec.feature_module, backbone.spec.classifier_slot))
+        cast_weights_for_autocast(model, precision)
     return backbone, model.to(memory_format=torch.channels_last), x, folded
 
 
 def main(backbone_name: str, weights: str, precision: str, batch: int, fold: bool = False,
          n_images: int = 128, passes: int = 1) -> tuple[float, int]:
-    backbone, model, x, folded = prepared(backbone_name, weights, fold, n_images)
+    backbone, model, x, folded = prepared(backbone_name, weights, fold, n_images, precision)
     device = torch.device("cpu")
     with torch.inference_mode(), capture_features(model, backbone.spec) as capture, autocast(device, precision):
         model(x[:batch])  # warm-up (first-call allocations, oneDNN primitive creation)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import features
 from features.backbones import Backbone, load_backbone
+from features.casting import cast_weights_for_autocast
 from features.data import DatasetLayout, Sample, discover
 from features.devices import default_batch_size, keep_freed_memory, resolve_device, resolve_precision
 from features.distributed import Shard, gather_from_ranks, process_group, shard_device
@@ -382,6 +383,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     # Frozen inference: every conv -> BatchNorm pair of the traced graph becomes one convolution.
     backbone.model, folded = fold_batchnorm(backbone.model, (backbone.spec.feature_module,
                                                              backbone.spec.classifier_slot))
+    cast_weights_for_autocast(backbone.model, precision)  # bitwise the same rows, without a cast per batch
     attrs = _file_attrs(cfg, layout, splits, backbone, views_split, precision, excluded, folded)
     summary = ExtractSummary(cfg.out_path, "", backbone.spec.name, backbone.weights.identity, backbone.feature_dim,
                              str(device), precision, backbone.preprocessing.crop_size, layout.classes, cfg.batch_size)
