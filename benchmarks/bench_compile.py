@@ -25,7 +25,8 @@ def section_compile(out_dir: str, quick: bool) -> list[str]:
     """Forward-only eager vs compiled (cold cache), then extraction with --compile off / on (cold cache)."""
     configs = [("efficientnet_lite0", "DEFAULT")] + ([] if quick else [("resnet50", "none")])
     batch = default_batch_size(torch.device("cpu"))  # what extraction runs with on the CPU
-    lines = [f"## 16. torch.compile: warm-up against images (forward pass as extraction prepares it, batch {batch})", "",
+    lines = [f"## 16. torch.compile: warm-up against images (forward pass as extraction prepares it, batch {batch})",
+             "",
              "Forward-only: 128 preprocessed hymenoptera val images, eager and then through `torch.compile` "
              "(`benchmarks/compile_forward.py`), with an empty inductor cache, so the warm-up is a first run's. "
              "Break-even: the images after which the compiled model has repaid its warm-up.", "",

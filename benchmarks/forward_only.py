@@ -18,7 +18,7 @@ import torch
 
 from benchmarks.common import HYMENOPTERA
 from features.backbones import load_backbone
-from features.casting import cast_weights_for_autocast
+from features.casting import cast_weights_for_autocast, example_batch
 from features.data import discover
 from features.devices import autocast, keep_freed_memory
 from features.folding import fold_batchnorm
@@ -39,7 +39,7 @@ def prepared(backbone_name: str, weights: str, fold: bool, n_images: int, precis
     model, folded = backbone.model, 0
     if fold:
         model, folded = fold_batchnorm(model, (backbone.spec.feature_module, backbone.spec.classifier_slot))
-        cast_weights_for_autocast(model, precision)
+        cast_weights_for_autocast(model, precision, example_batch(backbone.preprocessing.crop_size))
     return backbone, model.to(memory_format=torch.channels_last), x, folded
 
 

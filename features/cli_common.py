@@ -123,7 +123,8 @@ def batch_size_option(default: int | None) -> Decorator:
     """``--batch-size``; ``None``: chosen by device (:func:`features.devices.default_batch_size`)."""
     if default is None:
         return click.option("--batch-size", default=None, type=click.IntRange(min=1),
-                            help="Images per forward pass [default: 16 on the CPU, 32 on a GPU].")
+                            help="Images per forward pass [default: 16 on the CPU, 32 on a GPU; a resumed run: "
+                                 "the batch its file was started with].")
     return click.option("--batch-size", default=default, show_default=True, type=click.IntRange(min=1))
 
 

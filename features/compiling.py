@@ -4,9 +4,10 @@
 then runs each batch faster. Measured on 2 CPU cores with BatchNorm folded (BENCHMARKS.md
 section 16, two runs at batch 32 and two at 16, the CPU's default, the last with the bf16 weights
 cast once): a cold warm-up of 13 to 25 s, and 1.03x (ResNet-50 fp32) to 1.45x (Lite0) the eager
-forward rate in fp32, 1.35x (Lite0) to 1.64x (ResNet-50) in bf16. ``auto`` therefore times the first eager batches of the run, estimates the
-forward time still ahead, and compiles only when the time the compiled model would save, at the
-smallest speed-up measured for the precision, exceeds the warm-up it costs. A compiled model keeps one input shape (a new shape is a new
+forward rate in fp32, 1.35x (Lite0) to 1.64x (ResNet-50) in bf16. ``auto`` therefore times the
+first eager batches of the run, estimates the forward time still ahead, and compiles only when
+the time the compiled model would save, at the smallest speed-up measured for the precision,
+exceeds the warm-up it costs. A compiled model keeps one input shape (a new shape is a new
 warm-up), so it runs in chunks of the batch size, the last one padded and the padding dropped."""
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import features
 from features.backbones import Backbone, load_backbone
-from features.casting import cast_weights_for_autocast
+from features.casting import cast_weights_for_autocast, example_batch
 from features.data import DatasetLayout, Sample, discover
 from features.devices import default_batch_size, keep_freed_memory, resolve_device, resolve_precision
 from features.distributed import Shard, gather_from_ranks, process_group, shard_device
@@ -35,7 +35,7 @@ from features.locking import output_lock
 from features.prefetch import DECODE_MODES, pooled_batches, prefetched, single_torch_thread
 from features.progress import Progress
 from features.identity import FeatureIdentity
-from features.store import BATCH_SIZE_ATTR, PARTIAL_SUFFIX, file_attrs
+from features.store import BATCH_SIZE_ATTR, PARTIAL_SUFFIX, FeatureFile, file_attrs
 from features.writer import FeatureWriter, check_output_path, final_file_up_to_date, merge_shards, open_writer
 
 _GLOBAL_RNG = threading.Lock()  # held while torch's global generator is reseeded for augmented views
@@ -383,7 +383,8 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     # Frozen inference: every conv -> BatchNorm pair of the traced graph becomes one convolution.
     backbone.model, folded = fold_batchnorm(backbone.model, (backbone.spec.feature_module,
                                                              backbone.spec.classifier_slot))
-    cast_weights_for_autocast(backbone.model, precision)  # bitwise the same rows, without a cast per batch
+    # bf16/fp16: weights cast once instead of every batch, for bitwise the same rows.
+    cast_weights_for_autocast(backbone.model, precision, example_batch(backbone.preprocessing.crop_size))
     attrs = _file_attrs(cfg, layout, splits, backbone, views_split, precision, excluded, folded)
     summary = ExtractSummary(cfg.out_path, "", backbone.spec.name, backbone.weights.identity, backbone.feature_dim,
                              str(device), precision, backbone.preprocessing.crop_size, layout.classes, cfg.batch_size)
@@ -424,8 +425,8 @@ class _SplitRunner:
     def continue_from(self, writer: FeatureWriter) -> list[str]:
         """Take the batch size a resumed journal was started with, unless one was given; say so either way.
 
-        bf16 rounding depends on the batch, so rows written at another size would differ from
-        an uninterrupted run's by more than float32 rounding.
+        The rows then equal an uninterrupted run's bit for bit: another batch size may run other
+        kernels (cuDNN's, oneDNN's on some CPUs), whose rounding differs.
         """
         started = writer.started_batch_size
         if started is None or started == self.cfg.batch_size:
@@ -434,7 +435,7 @@ class _SplitRunner:
             self.cfg = dataclasses.replace(self.cfg, batch_size=started)
             return [f"note: continuing at batch {started}, the batch this file was started with"]
         return [f"note: the rows written before were computed at batch {started}, the rest at batch "
-                f"{self.cfg.batch_size} (in bf16 the rows differ slightly with the batch)"]
+                f"{self.cfg.batch_size} (another batch may round differently)"]
 
     def __call__(self, writer: FeatureWriter, splits: dict[str, list[Sample]],
                  offsets: dict[str, int]) -> dict[str, SplitTiming]:
@@ -475,6 +476,12 @@ def _finish(writer: FeatureWriter, summary: ExtractSummary, splits: dict[str, li
     summary.path = writer.finalize()
 
 
+def _recorded_batch(path: str, default: int) -> int:
+    """The batch size a complete feature file (or shard) was started with; ``default`` where it does not say."""
+    with FeatureFile(path) as existing:
+        return int(existing.attrs.get(BATCH_SIZE_ATTR, default))
+
+
 def _extract_single(cfg: ExtractConfig, splits: dict[str, list[Sample]], attrs: dict, run: _SplitRunner,
                     summary: ExtractSummary) -> ExtractSummary:
     state = open_writer(cfg.out_path, attrs, {n: len(s) for n, s in splits.items()}, run.backbone.feature_dim,
@@ -482,6 +489,7 @@ def _extract_single(cfg: ExtractConfig, splits: dict[str, list[Sample]], attrs: 
     summary.status = {"new": "written", "resumed": "resumed and written", "up_to_date": "nothing to do"}[state.status]
     summary.notes[:0] = state.notes
     if state.writer is None:
+        summary.batch_size = _recorded_batch(cfg.out_path, summary.batch_size)
         return summary
     summary.notes += run.continue_from(state.writer)
     summary.batch_size = run.cfg.batch_size
@@ -499,6 +507,7 @@ def _extract_sharded(cfg: ExtractConfig, shard: Shard, splits: dict[str, list[Sa
     dim = run.backbone.feature_dim
     if final_file_up_to_date(cfg.out_path, attrs, cfg.overwrite):  # every rank sees the same file
         summary.status = "nothing to do"
+        summary.batch_size = _recorded_batch(cfg.out_path, summary.batch_size)
         return summary
     blocks = {split: shard.block(len(s)) for split, s in splits.items()}
     # The shard's own identity includes its place, so a rerun with another world size starts afresh.
@@ -507,7 +516,9 @@ def _extract_sharded(cfg: ExtractConfig, shard: Shard, splits: dict[str, list[Sa
     state = open_writer(shard.path(cfg.out_path), shard_attrs, {split: b - a for split, (a, b) in blocks.items()},
                         dim, cfg.dtype, cfg.overwrite)
     timings = {}
-    if state.writer is not None:
+    if state.writer is None:
+        summary.batch_size = _recorded_batch(shard.path(cfg.out_path), summary.batch_size)
+    else:
         summary.notes += run.continue_from(state.writer)
         summary.batch_size = run.cfg.batch_size
         try:
@@ -533,7 +544,8 @@ def _extract_sharded(cfg: ExtractConfig, shard: Shard, splits: dict[str, list[Sa
                                         slowest.forward)
     if os.path.exists(cfg.out_path + PARTIAL_SUFFIX):
         os.remove(cfg.out_path + PARTIAL_SUFFIX)  # an interrupted merge starts over: the shards hold every row
-    attrs = dict(attrs, **{BATCH_SIZE_ATTR: run.cfg.batch_size})  # the batch rank 0's shard continued at
+    # The merged file records the batch rank 0's shard was started with, as a single process's file does.
+    attrs = dict(attrs, **{BATCH_SIZE_ATTR: _recorded_batch(shard.path(cfg.out_path), cfg.batch_size)})
     writer = open_writer(cfg.out_path, attrs, {n: len(s) for n, s in splits.items()}, dim, cfg.dtype, True).writer
     try:
         offsets = {split: [Shard(r, shard.world_size, 0).block(len(s))[0] for r in range(shard.world_size)]

@@ -50,7 +50,7 @@ def test_float16_storage(small_dataset, tmp_path):
 
 def test_views_are_marked_and_deterministic(small_dataset, tmp_path):
     a, b = str(tmp_path / "a.h5"), str(tmp_path / "b.h5")
-    _extract(small_dataset, a, views=2, batch_size=5, precision="fp32")  # fp32: bf16 rounding depends on the batch
+    _extract(small_dataset, a, views=2, batch_size=5, precision="fp32")  # fp32: bf16 rounding can depend on the batch
     _extract(small_dataset, b, views=2, batch_size=3, precision="fp32")
     with FeatureFile(a) as fa, FeatureFile(b) as fb:
         ta, tb, va = fa.read_split("train"), fb.read_split("train"), fa.read_split("val")
@@ -180,7 +180,7 @@ def test_reader_refuses_incomplete_and_unknown_versions(small_dataset, tmp_path)
 
 
 def _interrupt_then_resume(data, out, sig, extra, resume_batch=("--batch-size", "4")):
-    """Interrupt a batch-4 run after two committed batches, then resume it with ``resume_batch`` (empty: the default)."""
+    """Interrupt a batch-4 run after two committed batches; resume it with ``resume_batch`` (empty: the default)."""
     args = [os.path.join(REPO, "run_extract.py"), "--data", data, "--out", out, "--quiet", *extra]
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.Popen([sys.executable, *args, "--batch-size", "4"], env=env, stdout=subprocess.PIPE,
@@ -205,8 +205,8 @@ def _interrupt_then_resume(data, out, sig, extra, resume_batch=("--batch-size", 
 
 
 # Resumed with the same command; without --batch-size, which continues at the journal's batch (4),
-# not the device default, so that the file does not mix rows of two batch sizes; or with another
-# explicit batch, which is used and said.
+# not the device default, so that the rows equal an uninterrupted batch-4 run's bit for bit; or with
+# another explicit batch, which is used and said.
 @pytest.mark.parametrize("sig, resume_batch, note", [
     (signal.SIGKILL, ("--batch-size", "4"), None),
     (signal.SIGINT, (), "continuing at batch 4, the batch this file was started with"),
@@ -216,23 +216,29 @@ def test_interrupted_run_resumes_to_the_same_rows(tmp_path, sig, resume_batch, n
     data = make_imagefolder(str(tmp_path / "d"), {"train": {"a": 60, "b": 60}, "val": {"a": 20, "b": 20}})
     extra = ["--backbone", "resnet18", "--weights", "none", "--views", "1"]
     err, done, record = _interrupt_then_resume(data, str(tmp_path / "cut.h5"), sig, extra, resume_batch)
-    assert record["batch_size"] == (8 if "8" in resume_batch else 4)
-    said = [n for n in record["notes"] if "batch" in n]
+    continued_at = 8 if "8" in resume_batch else 4
+    assert record["batch_size"] == continued_at
+    said = [n for n in record["notes"] if "continuing at batch" in n or "computed at batch" in n]
     assert len(said) == (1 if note else 0) and all(note in n for n in said), record["notes"]
     if sig == signal.SIGINT:
         assert "rerun the same command to resume" in err and "Traceback" not in err
-    with FeatureFile(str(tmp_path / "cut.h5")) as cut:
-        assert cut.attrs["batch_size"] == 4
-    whole = run_cli("run_extract.py", "--data", data, "--out", str(tmp_path / "whole.h5"), "--quiet", *extra)
+    whole = run_cli("run_extract.py", "--data", data, "--out", str(tmp_path / "whole.h5"), "--quiet",
+                    "--batch-size", "4", *extra)
     assert whole.returncode == 0, whole.stderr
     with FeatureFile(str(tmp_path / "cut.h5")) as cut, FeatureFile(str(tmp_path / "whole.h5")) as ref:
+        assert cut.attrs["batch_size"] == ref.attrs["batch_size"] == 4  # the batch the file was started with
         for split in ("train", "val"):
             a, b = cut.read_split(split), ref.read_split(split)
             np.testing.assert_array_equal(a.paths, b.paths)
             np.testing.assert_array_equal(a.labels, b.labels)
             np.testing.assert_array_equal(a.view, b.view)
             np.testing.assert_array_equal(a.image_index, b.image_index)
-            np.testing.assert_allclose(a.features, b.features, rtol=1e-4, atol=1e-5)
+            if continued_at == 4:
+                np.testing.assert_array_equal(a.features, b.features)
+            else:
+                np.testing.assert_allclose(a.features, b.features, rtol=1e-4, atol=1e-5)
+    rerun = run_cli("run_extract.py", "--data", data, "--out", str(tmp_path / "cut.h5"), *extra)  # default batch
+    assert rerun.returncode == 0 and "nothing to do" in rerun.stdout and "batch 4" in rerun.stdout, rerun.stdout
 
 
 def test_cli_one_line_errors(tmp_path, small_dataset):
