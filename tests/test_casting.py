@@ -9,12 +9,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from features.backbones import get_spec
 from features.casting import cast_weights_for_autocast, example_batch
 from features.folding import fold_batchnorm
 from features.hooks import capture_features
-from tests.test_backbones import REPRESENTATIVE, SMALL_INPUT
-from tests.test_folding import _randomise_statistics
+from tests.test_backbones import REPRESENTATIVE
+from tests.test_folding import random_backbone
 
 
 def _bf16_features(model: nn.Module, spec, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,12 +34,7 @@ def _bf16(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", REPRESENTATIVE)
 def test_cast_network_gives_bitwise_the_same_bf16_features(name):
-    spec = get_spec(name)
-    torch.manual_seed(0)
-    model = spec.build().eval()
-    _randomise_statistics(model, 0)
-    size = spec.preprocessing(None).crop_size if name.startswith("efficientnet_lite") else min(
-        SMALL_INPUT, spec.preprocessing(None).crop_size)
+    spec, model, size = random_backbone(name)
     x = torch.randn(2, 3, size, size).contiguous(memory_format=torch.channels_last)  # as extraction feeds it
     model, _ = fold_batchnorm(model, (spec.feature_module, spec.classifier_slot))  # what extraction casts
     model = model.to(memory_format=torch.channels_last)

@@ -31,14 +31,21 @@ def _features(model: nn.Module, spec, x: torch.Tensor) -> torch.Tensor:
         return cap.pop(), logits
 
 
-@pytest.mark.parametrize("name", REPRESENTATIVE)
-def test_folded_features_equal_the_unfolded_model(name):
+def random_backbone(name: str) -> tuple:
+    """``(spec, model, side)``: a registry network in eval mode with seeded random weights and BatchNorm statistics,
+    and the input side to test it at (Lite's own; others small, for speed)."""
     spec = get_spec(name)
     torch.manual_seed(0)
     model = spec.build().eval()
     _randomise_statistics(model, 0)
     size = spec.preprocessing(None).crop_size if name.startswith("efficientnet_lite") else min(
         SMALL_INPUT, spec.preprocessing(None).crop_size)
+    return spec, model, size
+
+
+@pytest.mark.parametrize("name", REPRESENTATIVE)
+def test_folded_features_equal_the_unfolded_model(name):
+    spec, model, size = random_backbone(name)
     x = torch.randn(2, 3, size, size)
     before = _batchnorms(model)
     folded, n = fold_batchnorm(model, (spec.feature_module, spec.classifier_slot))
