@@ -11,7 +11,7 @@ import torch
 from benchmarks.bench_extract import forward_only, full_path
 from benchmarks.bench_finetune import prepare_heads
 from benchmarks.common import run_measured
-from features.devices import cpu_has_amx, cpu_has_native_bf16, resolve_precision
+from features.devices import cpu_has_amx, cpu_has_native_bf16, default_batch_size, resolve_precision
 
 FORWARD_CONFIGS = (("efficientnet_lite0", "DEFAULT", 128), ("resnet50", "none", 64))
 
@@ -65,21 +65,24 @@ def section_cpu_precision(out_dir: str, quick: bool) -> list[str]:
     """
     rounds = 1 if quick else 3
     cpu = torch.device("cpu")
+    batch = default_batch_size(cpu)
     kind = "AMX" if cpu_has_amx() else ("AVX512-BF16 without AMX" if cpu_has_native_bf16() else "no native bf16")
     lines = ["## 20. bf16 or fp32 on this CPU: what `--precision auto` chooses, and what it measures", "",
              f"This CPU: {kind}. `--precision auto` chooses {resolve_precision('auto', cpu)} for extraction and "
              f"{resolve_precision('auto', cpu)} for fine-tuning here. Each figure is the median of {rounds} "
-             "rounds, fp32 and bf16 alternating.", "",
+             f"rounds, fp32 and bf16 alternating, at extraction's default batch on the CPU ({batch}); the forward "
+             "passes run the network as extraction prepares it (BatchNorm folded; in bf16 the weights cast once).",
+             "",
              "| step | fp32 | bf16 | bf16 / fp32 speed | faster here | auto chooses |", "|---|---|---|---|---|---|"]
     commands = []
     for backbone, weights, images in FORWARD_CONFIGS:
-        rates, cmds = _medians(lambda p: forward_only(backbone, weights, p, 32, 0, images), rounds)
+        rates, cmds = _medians(lambda p: forward_only(backbone, weights, p, batch, 1, images), rounds)
         commands += cmds
         lines.append(_row(f"{backbone} forward pass, img/s", rates, rates["bf16"] / rates["fp32"],
                           resolve_precision("auto", cpu)))
 
     def extract(precision: str):
-        m, _, rate = full_path(out_dir, "efficientnet_lite0", "DEFAULT", precision, 32,
+        m, _, rate = full_path(out_dir, "efficientnet_lite0", "DEFAULT", precision, batch,
                                name=f"cpu-precision-{precision}.h5")
         return m, rate
 
