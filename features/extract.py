@@ -349,7 +349,8 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     ExtractionError
         No image of the dataset could be read.
     """
-    if cfg.views < 0 or (cfg.batch_size or 1) < 1 or (cfg.limit is not None and cfg.limit < 1):
+    if (cfg.views < 0 or (cfg.batch_size is not None and cfg.batch_size < 1)
+            or (cfg.limit is not None and cfg.limit < 1)):
         raise ValueError("--views must be >= 0, --batch-size >= 1 and --limit >= 1")
     if cfg.dtype not in ("float32", "float16"):
         raise ValueError(f"--dtype must be float32 or float16, got {cfg.dtype!r}")

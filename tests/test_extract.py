@@ -103,6 +103,8 @@ def test_every_decode_mode_gives_the_same_rows(tmp_path):
     for decode in ("pool", "thread"):
         with pytest.raises(ValueError, match="applies without --workers"):
             _extract(root, str(tmp_path / "both.h5"), decode=decode, workers=1)
+    with pytest.raises(ValueError, match="--batch-size >= 1"):
+        _extract(root, str(tmp_path / "zero.h5"), batch_size=0)
 
 
 def test_slow_decoding_shows_as_waiting_and_only_there(tmp_path, monkeypatch):
