@@ -79,18 +79,9 @@ def _castable(model: nn.Module, candidates: dict[str, nn.Module]) -> list[nn.Mod
     return castable
 
 
-def _tensors(output) -> list[torch.Tensor]:
-    """Every tensor in a network's output (a tensor, or tuples, lists and dicts of them)."""
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):
-        output = list(output.values())
-    return [t for item in output for t in _tensors(item)] if isinstance(output, (tuple, list)) else []
-
-
 def _bitwise_equal(a, b) -> bool:
-    ta, tb = _tensors(a), _tensors(b)
-    return len(ta) == len(tb) and all(x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(ta, tb))
+    """Two network outputs are the same tensor, bit for bit (any other output counts as different)."""
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
 
 
 def example_batch(side: int) -> torch.Tensor:
@@ -113,7 +104,7 @@ def cast_weights_for_autocast(model: nn.Module, precision: str, example: torch.T
         ``"bf16"`` or ``"fp16"``; ``"fp32"`` changes nothing.
     example : torch.Tensor
         A CPU batch the network takes (random values are best, :func:`example_batch`): the output on it before
-        and after the cast, under CPU autocast, must be bitwise the same, or the cast is undone.
+        and after the cast, under CPU autocast, must be the same tensor bit for bit, or the cast is undone.
 
     Returns
     -------
