@@ -478,9 +478,14 @@ def _finish(writer: FeatureWriter, summary: ExtractSummary, splits: dict[str, li
 
 
 def _recorded_batch(path: str, default: int) -> int:
-    """The batch size a complete feature file (or shard) was started with; ``default`` where it does not say."""
+    """The batch size a complete feature file (or shard) was started with; ``default`` where it does not say
+    (the attribute is only informative, so a malformed one is not an error)."""
     with FeatureFile(path) as existing:
-        return int(existing.attrs.get(BATCH_SIZE_ATTR, default))
+        recorded = existing.attrs.get(BATCH_SIZE_ATTR, default)
+    try:
+        return int(recorded)
+    except (TypeError, ValueError):
+        return default
 
 
 def _extract_single(cfg: ExtractConfig, splits: dict[str, list[Sample]], attrs: dict, run: _SplitRunner,

@@ -41,6 +41,16 @@ def test_store_round_trip_and_metadata(small_dataset, tmp_path):
         assert h5["train/features"].chunks[0] == 256 and h5.attrs["complete"]
 
 
+def test_the_recorded_batch_is_reported_and_a_malformed_one_ignored(small_dataset, tmp_path):
+    out = str(tmp_path / "f.h5")
+    _extract(small_dataset, out, batch_size=5)
+    assert _extract(small_dataset, out).batch_size == 5  # nothing to do: the file's batch, not the default
+    with h5py.File(out, "a") as h5:  # informative only, outside the attributes' checksum
+        h5.attrs["batch_size"] = "five"
+    again = _extract(small_dataset, out, batch_size=3)
+    assert again.status == "nothing to do" and again.batch_size == 3
+
+
 def test_float16_storage(small_dataset, tmp_path):
     out = str(tmp_path / "f16.h5")
     _extract(small_dataset, out, dtype="float16")
